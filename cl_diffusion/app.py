@@ -1,0 +1,203 @@
+"""Assembling a run from its config: data, model, schedule, strategy, evaluator, trainer.
+
+Used by the CLI (:mod:`cl_diffusion.run`), the sweep runner and the tests, so that every entry
+point builds runs the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from .config import Config
+from .errors import UserError
+from .io import atomic_write_json, git_commit, new_run_dir, provenance
+from .profiles import PROFILES, describe_profile, resolve_config
+
+
+def load_plugins() -> None:
+    """Register the bundled strategies and benchmarks (entry-point plugins load lazily)."""
+    import cl_diffusion.benchmarks  # noqa: F401
+    import cl_diffusion.strategies  # noqa: F401
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("bad value 'cuda' for device: no CUDA device is available; valid choices here: auto, cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Components:
+    """Everything a run needs, built from one Config."""
+
+    cfg: Config
+    device: torch.device
+    stream: Any
+    model: torch.nn.Module
+    schedule: Any
+    strategy: Any
+    evaluator: Any
+
+
+def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> Components:
+    """Build data, model, schedule, strategy and evaluator; UserError on incompatible settings."""
+    from .diffusion import NoiseSchedule
+    from .evaluation.evaluator import Evaluator
+    from .models import build_model
+    from .strategy import STRATEGIES
+    from .stream import BENCHMARKS
+    from .trainer import derived_seed
+
+    run = cfg.run
+    device = resolve_device(run.device)
+    stream = BENCHMARKS.get(run.benchmark).build(run)
+    if run.batch_size > stream.min_task_train_size:
+        raise UserError(f"bad value {run.batch_size} for batch_size: larger than the smallest task's training "
+                        f"set ({stream.min_task_train_size} images); choose batch_size <= {stream.min_task_train_size}")
+    torch.manual_seed(derived_seed(run.seed, 0))
+    model = build_model(run.model, stream.channels, run.image_size).to(device)
+    schedule = NoiseSchedule.from_config(run).to(device)
+    generator = torch.Generator(device=device).manual_seed(derived_seed(run.seed, 1))
+    strategy_cls = STRATEGIES.get(run.strategy)
+    strategy = strategy_cls(model, schedule, cfg, generator, device)
+    evaluator = Evaluator(cfg, stream, schedule, device, run_dir, strategy_cls.solver_mode)
+    return Components(cfg, device, stream, model, schedule, strategy, evaluator)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory, so two processes never write into one run."""
+    with open(run_dir / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run directory {run_dir} is in use by another process") from None
+        yield
+
+
+def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {"seed": args.seed, "device": args.device, "out": args.out, "data_root": args.data_root,
+            "class_order": args.class_order}
+
+
+def start_run(args: argparse.Namespace, sets: list[tuple[str, str]], log: Callable[[str], None] = print) -> Path | None:
+    """CLI entry: resolve the config from parsed arguments and run it (or print it with --dry-run)."""
+    if not args.strategy or not args.benchmark:
+        raise UserError("--strategy and --benchmark are required (see --list for the choices)")
+    cfg = resolve_config(args.strategy, args.benchmark, args.profile or "paper", sets, **_run_fields(args))
+    if args.dry_run:
+        log(describe_profile(cfg))
+        log(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return None
+    return run_config(cfg, log)
+
+
+def run_experiment(strategy: str, benchmark: str, profile: str = "paper", sets: Iterable[tuple[str, str]] = (),
+                   log: Callable[[str], None] = print, **run_fields: Any) -> Path:
+    """Programmatic entry: ``run_experiment("gd", "fmnist-5", "smoke", out="runs")`` -> run directory."""
+    return run_config(resolve_config(strategy, benchmark, profile, sets, **run_fields), log)
+
+
+def run_config(cfg: Config, log: Callable[[str], None] = print) -> Path:
+    """Create a fresh run directory for a resolved config, write config.json, train and evaluate."""
+    log(describe_profile(cfg))
+    run = cfg.run
+    run_dir = new_run_dir(Path(run.out), f"{run.benchmark}_{run.strategy}_s{run.seed}")
+    try:
+        comps = build_components(cfg, run_dir, log)
+    except BaseException:
+        _remove_if_empty(run_dir)
+        raise
+    atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=provenance(str(comps.device))))
+    log(f"run directory: {run_dir}")
+    return _train(comps, run_dir, log, resume=False)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    for p in run_dir.iterdir():
+        if p.name != ".lock":
+            return
+    for p in run_dir.iterdir():
+        p.unlink()
+    run_dir.rmdir()
+
+
+def _train(comps: Components, run_dir: Path, log: Callable[[str], None], resume: bool) -> Path:
+    from .trainer import Trainer
+
+    with run_lock(run_dir):
+        trainer = Trainer(comps.cfg, run_dir, comps.device, comps.stream, comps.model, comps.strategy,
+                          comps.evaluator, log)
+        if resume:
+            path = trainer.restore(warn=log)
+            log(f"resumed from {path}: task {trainer.pos.task + 1}, phase {trainer.pos.phase}, "
+                f"iteration {trainer.pos.iters}")
+        trainer.run()
+    return run_dir
+
+
+def resume_run(run_dir: Path, args: argparse.Namespace, sets: list[tuple[str, str]], force: bool,
+               log: Callable[[str], None] = print) -> Path:
+    """Continue a killed run; refuse a different commit or config unless ``force``."""
+    from .strategy import STRATEGIES
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file() or not (run_dir / "ckpt").is_dir():
+        raise UserError(f"{run_dir} is not a run directory (expected config.json and ckpt/ in it)")
+    data = json.loads(cfg_path.read_text())
+    meta = data.get("meta", {})
+    cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
+    changed = [f"{k}={v}" for k, v in _run_fields(args).items() if v is not None and str(v) != str(cfg.get(k))]
+    changed += [f"{k}={v}" for k, v in sets if str(cfg.get(k) if k in cfg.keys() else None) != v]
+    for flag in ("strategy", "benchmark", "profile"):
+        if getattr(args, flag) and getattr(args, flag) != cfg.get(flag):
+            changed.append(f"{flag}={getattr(args, flag)}")
+    now = git_commit()
+    if changed and not force:
+        raise UserError(f"--resume {run_dir}: these options differ from the run's config: {', '.join(changed)}; "
+                        "add --force to resume anyway")
+    if meta.get("git_commit") not in (None, now) and not force:
+        raise UserError(f"--resume {run_dir}: the run was made by commit {meta.get('git_commit')} but the code is "
+                        f"at {now}; add --force to resume anyway")
+    for key, value in sets:
+        cfg.set(key, value)
+    comps = build_components(cfg, run_dir, log)
+    return _train(comps, run_dir, log, resume=True)
+
+
+def print_list(out: Callable[[str], None] = print) -> None:
+    """``--list``: strategies, benchmarks, model presets (with parameter counts), profiles, options."""
+    from .config import RunConfig
+    from .evaluation.config import EvalConfig
+    from .models import describe_models
+    from .options import describe
+    from .strategy import STRATEGIES
+    from .stream import BENCHMARKS
+
+    out("strategies:")
+    for name, cls in STRATEGIES.items():
+        params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.Params()))
+        out(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
+            + (f"  [{params}]" if params else ""))
+    out("benchmarks:")
+    for name, spec in BENCHMARKS.items():
+        out(f"  {name:<10} {spec.description}")
+    out("models:")
+    for name, n_params, desc in describe_models():
+        out(f"  {name:<14} {n_params:>12,d} params  {desc}")
+    out("profiles:")
+    for name, prof in PROFILES.items():
+        out(f"  {name:<6} {prof.description}")
+    out("options (--set KEY=VALUE):")
+    for section in (RunConfig(), EvalConfig()):
+        for key, value, help_ in describe(section):
+            out(f"  {key:<22} {value!r:<14} {help_}")

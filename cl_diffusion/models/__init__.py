@@ -1,0 +1,6 @@
+"""Networks: the UNet eps-model and the ``MODELS`` registry of named presets."""
+from .presets import MODELS, ModelPreset, UNetPreset, build_model, count_parameters, describe_models
+from .unet import UNet
+
+__all__ = ["MODELS", "ModelPreset", "UNet", "UNetPreset", "build_model", "count_parameters",
+           "describe_models"]

@@ -1,0 +1,154 @@
+"""Dataclass options: one field per option, with help, choices and bounds in its metadata.
+
+Every config class in the suite (the run config, the evaluator's config, each strategy's
+hyperparameters) is a dataclass whose fields are declared with :func:`opt`. From those
+fields alone this module derives JSON round-tripping, ``--set key=value`` parsing with type
+coercion, and validation that names the bad value and the valid choices or range.
+A field may carry a JSON/CLI ``key`` that differs from its Python name (``lambda_`` -> ``lambda``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import MISSING, Field
+from typing import Any, Iterable
+
+from .errors import UserError
+
+
+def opt(default: Any, help: str, *, choices: Iterable[Any] | None = None, min: float | None = None,
+        max: float | None = None, min_exclusive: bool = False, key: str | None = None) -> Any:
+    """Declare one option: default, a help text with its unit, and optional choices/bounds."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
+            "min": min, "max": max, "min_exclusive": min_exclusive, "key": key}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def key_of(f: Field) -> str:
+    """The JSON / ``--set`` name of a field."""
+    return f.metadata.get("key") or f.name
+
+
+def option_fields(obj_or_cls: Any) -> list[Field]:
+    """The option fields of a dataclass (nested dataclass fields excluded)."""
+    hints = typing.get_type_hints(obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls))
+    return [f for f in dataclasses.fields(obj_or_cls) if not _is_dataclass_type(hints.get(f.name))]
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _base_type(cls: type, f: Field) -> type:
+    tp = typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(tp) is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    return tp
+
+
+def coerce(cls: type, f: Field, raw: Any) -> Any:
+    """Convert ``raw`` (a CLI string or a JSON value) to the field's type, or raise UserError."""
+    tp = _base_type(cls, f)
+    name = key_of(f)
+    try:
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw) if not isinstance(raw, str) else int(raw.strip())
+        if tp is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if tp is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        raise UserError(f"bad value {raw!r} for {name}: expected {tp.__name__}") from None
+    return raw
+
+
+def check(cls: type, f: Field, value: Any) -> None:
+    """Check choices and bounds declared in the field's metadata."""
+    m, name = f.metadata, key_of(f)
+    if m.get("choices") is not None and value not in m["choices"]:
+        listed = ", ".join(str(c) for c in m["choices"])
+        raise UserError(f"bad value {value!r} for {name}; valid choices: {listed}")
+    lo, hi = m.get("min"), m.get("max")
+    if lo is not None and (value < lo or (m.get("min_exclusive") and value == lo)):
+        op = ">" if m.get("min_exclusive") else ">="
+        raise UserError(f"bad value {value!r} for {name}: must be {op} {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"bad value {value!r} for {name}: must be <= {hi}")
+
+
+def validate(obj: Any) -> None:
+    """Check every option field of ``obj`` against its metadata."""
+    for f in option_fields(obj):
+        check(type(obj), f, getattr(obj, f.name))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """JSON-ready dict, using each field's key; nested dataclasses become nested dicts."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[key_of(f)] = to_dict(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Inverse of :func:`to_dict`. Unknown keys raise UserError naming the valid keys."""
+    fields = {key_of(f): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"unknown {where} key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key not in data:
+            continue
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            kwargs[f.name] = from_dict(tp, data[key], where=key)
+        else:
+            kwargs[f.name] = coerce(cls, f, data[key])
+    return cls(**kwargs)
+
+
+def set_option(obj: Any, key: str, raw: Any) -> bool:
+    """Set the option named ``key`` on ``obj`` (coerced and checked). Returns False if no such key."""
+    for f in option_fields(obj):
+        if key_of(f) == key:
+            value = coerce(type(obj), f, raw)
+            check(type(obj), f, value)
+            setattr(obj, f.name, value)
+            return True
+    return False
+
+
+def option_keys(obj: Any) -> list[str]:
+    return [key_of(f) for f in option_fields(obj)]
+
+
+def describe(obj: Any) -> list[tuple[str, Any, str]]:
+    """(key, current value, help) for each option, for ``--list``."""
+    return [(key_of(f), getattr(obj, f.name), f.metadata.get("help", "")) for f in option_fields(obj)]
+
+
+def default_of(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise ValueError(f"option {f.name} has no default")

@@ -1,0 +1,84 @@
+"""Command line: ``python -m cl_diffusion.run --strategy gd --benchmark cifar10-5``.
+
+Thin by design: it resolves one :class:`~cl_diffusion.config.Config`, writes ``config.json``
+into a new run directory and hands over to :class:`~cl_diffusion.trainer.Trainer`. The last
+line on stdout is the run directory. Bad input prints one line ``error: ...`` and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m cl_diffusion.run", description=__doc__.split("\n")[0])
+    p.add_argument("--strategy", help="strategy name (see --list)")
+    p.add_argument("--benchmark", help="task stream name (see --list)")
+    p.add_argument("--profile", help="smoke | quick | paper (default paper)")
+    p.add_argument("--seed", type=int, help="global seed (default 0)")
+    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--out", help="parent folder of run directories (default runs/)")
+    p.add_argument("--data-root", help="dataset folder (default: $CL_DIFFUSION_DATA, system folders, download)")
+    p.add_argument("--class-order", help="fixed | seeded (Avalanche's seed-shuffled order)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any option")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list", action="store_true", help="list strategies, benchmarks, models, profiles, options")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="with --resume: accept a different commit or config")
+    return p
+
+
+def parse_sets(items: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"bad --set {item!r}: expected KEY=VALUE")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        from .app import load_plugins, print_list, resume_run, start_run
+
+        load_plugins()
+        if args.list:
+            print_list()
+            return 0
+        sets = parse_sets(args.set)
+        if args.resume:
+            run_dir = resume_run(Path(args.resume), args, sets, force=args.force)
+        else:
+            run_dir = start_run(args, sets)
+        if run_dir is not None:
+            print(run_dir)
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except Exception as err:  # numerical faults and other run failures: one line, exit 1
+        from .trainer import NumericalError
+
+        if isinstance(err, NumericalError):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

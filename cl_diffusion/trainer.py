@@ -1,0 +1,253 @@
+"""The one training loop: tasks -> epochs -> batches, with checkpoints and evaluation.
+
+For each task k the :class:`Trainer` asks the strategy for its training data, trains for
+``epochs`` (capped by ``iters_per_task``) with Adam and gradient-norm clipping, calls the
+strategy's ``after_task``, draws a sample grid, runs the evaluator and appends one row to
+``metrics.csv``. All randomness comes from explicit generators whose states are checkpointed,
+so a run killed at any point and resumed from its last checkpoint ends with the same metrics
+(wall-clock ``*_seconds`` columns aside).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_latest, save_checkpoint, save_weights
+from .config import Config
+from .data import LabeledImages, to_model_range
+from .io import write_csv
+from .sampling import sample_grid
+from .strategy import Strategy
+from .stream import TaskStream
+
+
+class NumericalError(RuntimeError):
+    """A NaN or infinite loss; the message names task, epoch and iteration."""
+
+
+@dataclass
+class Position:
+    """Where the run is, plus per-task accumulators; JSON-serialisable, checkpointed."""
+
+    task: int = 0
+    phase: str = "train"  # "train" (task `task` is being trained) or "eval" (trained, not evaluated)
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    iters: int = 0  # iterations done in this task
+    loss_sum: float = 0.0
+    stat_sums: dict[str, float] = field(default_factory=dict)
+    nan_skipped: int = 0
+    train_seconds: float = 0.0
+    costs_at_start: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    per_task_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, task, epoch ...), stable across runs and platforms."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class Trainer:
+    """Runs one configured stream from its current :class:`Position` to the end."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, stream: TaskStream,
+                 model: nn.Module, strategy: Strategy, evaluator: Any, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.run_dir, self.device, self.stream = cfg, run_dir, device, stream
+        self.model, self.strategy, self.evaluator, self.log = model, strategy, evaluator, log
+        self.generator = strategy.generator
+        self.pos = Position()
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.run.lr)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        while self.pos.task < self.stream.n_tasks:
+            k = self.pos.task
+            if self.pos.phase == "train":
+                self.train_task(k)
+                self.pos.phase = "eval"
+                self.checkpoint()
+            self.finish_task(k)
+
+    def iterations_per_task(self, n_images: int) -> int:
+        run = self.cfg.run
+        total = run.epochs * math.ceil(n_images / run.batch_size)
+        return min(total, run.iters_per_task) if run.iters_per_task > 0 else total
+
+    def train_task(self, k: int) -> None:
+        run, pos = self.cfg.run, self.pos
+        self.strategy.task_index = k
+        data = self.strategy.train_data(self.stream, k)
+        n_iters = self.iterations_per_task(len(data))
+        if pos.iters == 0:
+            pos.costs_at_start = self.strategy.costs()
+            if run.reset_optimizer or k == 0:
+                self.optimizer = self._new_optimizer()
+        bar = self._bar(total=n_iters, initial=pos.iters, desc=f"task {k + 1}/{self.stream.n_tasks}")
+        self.model.train()
+        while pos.iters < n_iters:
+            order = self._epoch_order(k, pos.epoch, len(data))
+            n_batches = math.ceil(len(data) / run.batch_size)
+            while pos.batch < n_batches and pos.iters < n_iters:
+                start = time.perf_counter()
+                idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
+                self._step(self._batch(data, idx), k)
+                pos.batch += 1
+                pos.iters += 1
+                pos.train_seconds += time.perf_counter() - start
+                bar.update(1)
+                if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
+                    self.checkpoint()
+            if pos.batch >= n_batches:
+                pos.epoch, pos.batch = pos.epoch + 1, 0
+        bar.close()
+        self.strategy.after_task(k)
+
+    def _epoch_order(self, k: int, epoch: int, n: int) -> torch.Tensor:
+        """The data order of one epoch, from a generator seeded by (seed, task, epoch)."""
+        g = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, k, epoch))
+        return torch.randperm(n, generator=g)
+
+    def _batch(self, data: LabeledImages, idx: torch.Tensor) -> torch.Tensor:
+        """Clean images x0 [B, C, H, W] in [-1, 1] on the device, flipped at random if the stream asks."""
+        x0 = to_model_range(data.images[idx].to(self.device, non_blocking=True))
+        if self.stream.hflip:
+            flip = torch.rand(x0.shape[0], generator=self.generator, device=self.device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return x0
+
+    def _step(self, x0: torch.Tensor, k: int) -> None:
+        pos, run = self.pos, self.cfg.run
+        loss, stats = self.strategy.loss(x0)
+        if not torch.isfinite(loss):
+            where = f"task {k + 1}, epoch {pos.epoch + 1}, iteration {pos.iters + 1}"
+            if run.nan_policy == "skip":
+                pos.nan_skipped += 1
+                self.log(f"warning: non-finite loss at {where}; batch skipped (nan_policy=skip)")
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+            raise NumericalError(f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is kept "
+                                 f"in {self.run_dir / 'ckpt'} (set nan_policy=skip to skip such batches)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), run.grad_clip)
+        self.optimizer.step()
+        pos.loss_sum += float(loss.detach())
+        for key, v in stats.items():
+            pos.stat_sums[key] = pos.stat_sums.get(key, 0.0) + v
+
+    # ---- end of task ----------------------------------------------------------------------------
+    def finish_task(self, k: int) -> None:
+        """Sample grid, evaluation, metrics row, weights and checkpoint; then move to task k+1."""
+        pos = self.pos
+        start = time.perf_counter()
+        sample_grid(self.model, self.strategy.schedule, self.cfg, self.stream, self.device,
+                    self.run_dir / f"samples_task{k + 1}.png", title=f"{self.cfg.run.strategy} after task {k + 1}")
+        sample_seconds = time.perf_counter() - start
+        row = self._train_row(k, sample_seconds)
+        if self.evaluator is not None:
+            eval_row, per_task = self.evaluator.after_task(k, self.model)
+            row.update(eval_row)
+            pos.per_task_rows.extend({"strategy": self.cfg.run.strategy, **r} for r in per_task)
+        pos.rows.append(row)
+        self.write_metrics()
+        save_weights(self.run_dir / f"model_task{k + 1}.safetensors", self.model,
+                     {"task": str(k + 1), "strategy": self.cfg.run.strategy})
+        self.pos = Position(task=k + 1, rows=pos.rows, per_task_rows=pos.per_task_rows)
+        self.checkpoint()
+        self.log(_summary(row))
+
+    def _train_row(self, k: int, sample_seconds: float) -> dict[str, Any]:
+        pos = self.pos
+        n = max(pos.iters - pos.nan_skipped, 1)
+        costs = self.strategy.costs()
+        row: dict[str, Any] = {"task": k + 1, "classes": " ".join(map(str, self.stream.tasks[k].classes)),
+                               "train_loss": pos.loss_sum / n, "train_iters": pos.iters}
+        row.update({key: v / n for key, v in sorted(pos.stat_sums.items())})
+        row.update({"nan_skipped": pos.nan_skipped, "train_seconds": pos.train_seconds,
+                    "sample_seconds": sample_seconds})
+        for key, v in costs.items():
+            row[key] = v - pos.costs_at_start.get(key, 0)
+        return row
+
+    def write_metrics(self) -> None:
+        write_csv(self.run_dir / "metrics.csv", self.pos.rows)
+        if self.pos.per_task_rows:
+            write_csv(self.run_dir / "per_task.csv", self.pos.per_task_rows)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        np_state = np.random.get_state()
+        return {
+            "position": asdict(self.pos),
+            "counters": self.strategy.costs(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_tensors(),
+            "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(), "cuda": list(cuda),
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                    "python": _py_state_to_json(random.getstate())},
+        }
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir / "ckpt", self.state())
+
+    def restore(self, warn: Callable[[str], None] = print) -> Path:
+        """Load the newest good checkpoint of this run directory; returns its path."""
+        state, path = load_latest(self.run_dir / "ckpt", warn=warn)
+        self.model.load_state_dict(state["model"])
+        self.pos = Position(**state["position"])
+        for key, v in state["counters"].items():
+            setattr(self.strategy.counters, key, v)
+        self.strategy.load_state_tensors(state["strategy"], self.pos.task)
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.evaluator is not None and state["evaluator"]:
+            self.evaluator.load_state_dict(state["evaluator"])
+        rng = state["rng"]
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        n = rng["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        random.setstate(_py_state_from_json(rng["python"]))
+        return path
+
+    def _bar(self, **kwargs: Any):
+        from tqdm.auto import tqdm
+
+        return tqdm(disable=not self.cfg.run.progress, leave=False, unit="it", **kwargs)
+
+
+def _py_state_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _summary(row: dict[str, Any]) -> str:
+    keys = ("train_loss", "fid", "fid_clf", "kld", "acc", "train_seconds", "teacher_seconds")
+    parts = [f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), (int, float)) and row[k] == row[k]]
+    return f"task {row['task']} done: " + " ".join(parts)

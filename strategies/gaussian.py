@@ -1,0 +1,15 @@
+"""gaussian: Gaussian distillation (Masip et al. 2024): distil the teacher on pure noise
+x ~ N(0, I) at a random t'. lambda 8 is provisional."""
+from cl_diffusion.replay import DistillationStrategy
+from cl_diffusion.strategy import STRATEGIES
+
+
+@STRATEGIES.register("gaussian")
+class GaussianDistillation(DistillationStrategy):
+    paper_params = {"cifar10-5": {"lambda": 8.0}, "fmnist-5": {"lambda": 8.0}}
+    uses_generation = False
+
+    def replay_pair(self, x0, x_t, t):
+        x_r = self.randn_like(x0)
+        t_r = self.random_t(x0.shape[0])
+        return x_r, t_r, self.teacher.eps(x_r, t_r)

@@ -1,0 +1,15 @@
+"""gr: generative replay (Shin et al. 2017) for diffusion models, as in Masip et al. (2024), Sec. 4.
+
+Replay input: the teacher's DDIM sample x0~ noised to a random t'; target: the noise eps' added.
+"""
+from cl_diffusion.replay import DistillationStrategy
+from cl_diffusion.strategy import STRATEGIES
+
+
+@STRATEGIES.register("gr")
+class GenerativeReplay(DistillationStrategy):
+    paper_params = {"cifar10-5": {"lambda": 1.0}, "fmnist-5": {"lambda": 1.0}}
+
+    def replay_pair(self, x0, x_t, t):
+        x_r, t_r, eps_r = self.noised_teacher_samples(x0)
+        return x_r, t_r, eps_r

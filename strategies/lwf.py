@@ -1,0 +1,13 @@
+"""lwf: LwF-like distillation (Li & Hoiem 2017) as in Masip et al. (2024): no generated input -
+distil the teacher on the current batch's own noisy x_t at its own t. lambda 1.25 is provisional."""
+from cl_diffusion.replay import DistillationStrategy
+from cl_diffusion.strategy import STRATEGIES
+
+
+@STRATEGIES.register("lwf")
+class LwFDistillation(DistillationStrategy):
+    paper_params = {"cifar10-5": {"lambda": 1.25}, "fmnist-5": {"lambda": 1.25}}
+    uses_generation = False
+
+    def replay_pair(self, x0, x_t, t):
+        return x_t, t, self.teacher.eps(x_t, t)

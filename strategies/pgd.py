@@ -1,0 +1,15 @@
+"""pgd: partial-generation distillation (Masip et al. 2024): the teacher's DDIM trajectory from
+x_T is stopped at a random t' and its intermediate x_t' is the input; the target is
+eps_theta'(x_t', t'). Cheaper than gd on average, since trajectories stop early."""
+from cl_diffusion.replay import DistillationStrategy
+from cl_diffusion.strategy import STRATEGIES
+
+
+@STRATEGIES.register("pgd")
+class PartialGenerationDistillation(DistillationStrategy):
+    paper_params = {"cifar10-5": {"lambda": 0.75}, "fmnist-5": {"lambda": 0.75}}
+
+    def replay_pair(self, x0, x_t, t):
+        t_r = self.random_t(x0.shape[0])
+        x_r = self.teacher.sample(self.randn_like(x0), stop_at=t_r)
+        return x_r, t_r, self.teacher.eps(x_r, t_r)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a per-session cache for evaluation classifiers, and smoke-run helpers."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m cl_diffusion.run ARGS`` in a subprocess, as a user would."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "cl_diffusion.run", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dataset_available(benchmark: str) -> bool:
+    from cl_diffusion.app import load_plugins
+    from cl_diffusion.data import load_dataset
+    from cl_diffusion.errors import UserError
+    from cl_diffusion.stream import BENCHMARKS
+
+    load_plugins()
+    try:
+        load_dataset(BENCHMARKS.get(benchmark).dataset, "")
+        return True
+    except UserError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def run_dirs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
