@@ -107,11 +107,16 @@ def run_experiment(strategy: str, benchmark: str, profile: str = "paper", sets: 
     return run_config(resolve_config(strategy, benchmark, profile, sets, **run_fields), log)
 
 
-def run_config(cfg: Config, log: Callable[[str], None] = print) -> Path:
-    """Create a fresh run directory for a resolved config, write config.json, train and evaluate."""
+def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | None = None) -> Path:
+    """Train and evaluate a resolved config in a fresh run directory (``run_dir`` must not exist;
+    by default a new one is made under ``cfg.run.out``). Writes config.json first."""
     log(describe_profile(cfg))
     run = cfg.run
-    run_dir = new_run_dir(Path(run.out), f"{run.benchmark}_{run.strategy}_s{run.seed}")
+    if run_dir is None:
+        run_dir = new_run_dir(Path(run.out), f"{run.benchmark}_{run.strategy}_s{run.seed}")
+    else:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()  # exclusive: never reuse a folder
     try:
         comps = build_components(cfg, run_dir, log)
     except BaseException:
@@ -145,19 +150,26 @@ def _train(comps: Components, run_dir: Path, log: Callable[[str], None], resume:
     return run_dir
 
 
-def resume_run(run_dir: Path, args: argparse.Namespace, sets: list[tuple[str, str]], force: bool,
-               log: Callable[[str], None] = print) -> Path:
-    """Continue a killed run; refuse a different commit or config unless ``force``."""
+def load_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
+    """The Config and provenance (``meta``) stored in a run directory's config.json."""
     from .strategy import STRATEGIES
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file() or not (run_dir / "ckpt").is_dir():
         raise UserError(f"{run_dir} is not a run directory (expected config.json and ckpt/ in it)")
-    data = json.loads(cfg_path.read_text())
-    meta = data.get("meta", {})
-    cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
+    try:
+        data = json.loads(cfg_path.read_text())
+    except ValueError as err:
+        raise UserError(f"{cfg_path} is not valid JSON ({err})") from None
+    return Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params), data.get("meta", {})
+
+
+def resume_run(run_dir: Path, args: argparse.Namespace, sets: list[tuple[str, str]], force: bool,
+               log: Callable[[str], None] = print) -> Path:
+    """CLI ``--resume``: continue a killed run; refuse a different commit or config unless ``force``."""
+    cfg, meta = load_run_config(run_dir)
     changed = [f"{k}={v}" for k, v in _run_fields(args).items() if v is not None and str(v) != str(cfg.get(k))]
-    changed += [f"{k}={v}" for k, v in sets if str(cfg.get(k) if k in cfg.keys() else None) != v]
+    changed += [f"{k}={v}" for k, v in sets if k not in cfg.keys() or str(cfg.get(k)) != v]
     for flag in ("strategy", "benchmark", "profile"):
         if getattr(args, flag) and getattr(args, flag) != cfg.get(flag):
             changed.append(f"{flag}={getattr(args, flag)}")
@@ -170,6 +182,13 @@ def resume_run(run_dir: Path, args: argparse.Namespace, sets: list[tuple[str, st
                         f"at {now}; add --force to resume anyway")
     for key, value in sets:
         cfg.set(key, value)
+    return resume_folder(run_dir, cfg, log)
+
+
+def resume_folder(run_dir: Path, cfg: Config | None = None, log: Callable[[str], None] = print) -> Path:
+    """Continue the run in ``run_dir`` from its newest good checkpoint."""
+    if cfg is None:
+        cfg, _ = load_run_config(run_dir)
     comps = build_components(cfg, run_dir, log)
     return _train(comps, run_dir, log, resume=True)
 

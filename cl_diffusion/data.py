@@ -14,7 +14,9 @@ in order, and stops at the first that holds the data:
      ``R/{cifar10,CIFAR10,cifar-10,cifar_10}/cifar-10-batches-py/``;
    - either dataset, an image folder ``train/<class>/*.{png,jpg,...}`` + ``test/<class>/*`` in
      ``R/<name>/`` for the names above, or in ``R/`` itself. Images must be at native size.
-2. the system folders ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``).
+2. the system folders ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``), then
+   ``./data/<name>/`` under the current folder (where ``scripts/setup.sh`` unpacks the offline
+   CIFAR-10 copy).
 3. ``$CL_DIFFUSION_CACHE/data`` (default ``~/.cache/cl_diffusion/data``), where a torchvision
    download goes; a download is tried only when the mirror answers within a few seconds and
    env ``CL_DIFFUSION_NO_DOWNLOAD`` is unset.
@@ -78,8 +80,8 @@ class LabeledImages:
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> "LabeledImages":
         """The items picked by a boolean mask ``[N]``, an index tensor/list, or a slice."""
-        if not isinstance(index, (torch.Tensor, slice)):
-            index = torch.as_tensor(index, dtype=torch.int64)
+        if not isinstance(index, (torch.Tensor, slice)):  # list/array of ints or bools
+            index = torch.as_tensor(index) if len(index) else torch.zeros(0, dtype=torch.int64)
         return LabeledImages(self.images[index], self.labels[index])
 
     @staticmethod
@@ -171,7 +173,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> Datas
     info = DATASETS[name]
     root = str(data_root or "") or os.environ.get("CL_DIFFUSION_DATA", "")
     searches = [(Path(root).expanduser(), True)] if root else []
-    searches += [(Path(r), False) for r in SYSTEM_ROOTS] + [(cache_dir() / "data", False)]
+    searches += [(Path(r), False) for r in SYSTEM_ROOTS] + [(Path.cwd() / "data", False)]
+    searches += [(cache_dir() / "data", False)]
     tried: list[str] = []
     for base, include_root in searches:
         found = _first_present(info, base, include_root, tried)
@@ -233,8 +236,8 @@ def _how_to_fix(info: DatasetInfo, root: str) -> str:
     where = f"pass --data-root {d} (or set CL_DIFFUSION_DATA={d})"
     if info.idx:
         files = ", ".join(f"{s}.gz" for s in _IDX_FILES.values())
-        return (f"Put {files} into {d}/{info.folders[0]}/ (Debian: apt-get install dataset-fashion-mnist, "
-                f"then use /usr/share/datasets) and {where}")
+        return (f"Put {files} into {d}/{info.folders[0]}/ and {where}; or apt-get install "
+                f"dataset-fashion-mnist, which is found in /usr/share/datasets without options")
     return (f"Put the image folders train/<class>/*.png|jpg and test/<class>/*.png|jpg (classes "
             f"{' '.join(info.class_names)}) into {d}/{info.folders[0]}/, or torchvision's cifar-10-batches-py/ "
             f"into {d}/, and {where}")
@@ -324,8 +327,8 @@ def _list_split(folder: Path, split: str) -> dict[str, list[os.DirEntry]]:
         raise UserError(f"image folder {folder} has no {split}/ split; {layout}")
     classes: dict[str, list[os.DirEntry]] = {}
     for sub in sorted((e for e in os.scandir(d) if e.is_dir()), key=lambda e: e.name):
-        files = sorted((e for e in os.scandir(sub.path) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
-                       key=lambda e: e.name)
+        files = [e for e in os.scandir(sub.path) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+        files.sort(key=lambda e: e.name)
         if files:
             classes[sub.name] = files
     if not classes:
@@ -428,6 +431,7 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -37,7 +37,7 @@ PROFILES.add("quick", Profile(
     {
         "image_size": 16, "model": "small", "iters_per_task": 600, "batch_size": 64, "grid_samples": 64,
         "eval_samples": 1000, "eval_batch_size": 250, "classifier": "cnn",
-        "solver_iters_per_task": 150, "solver_batch_size": 64,
+        "solver_iters_per_task": 150, "solver_batch_size": 64, "solver_replay_pool": 1000,
     },
 ))
 PROFILES.add("smoke", Profile(

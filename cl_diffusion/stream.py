@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -91,7 +90,8 @@ class BenchmarkSpec:
         image_size: the paper protocol's image side; ``build`` resizes to ``run_cfg.image_size``.
         hflip: random horizontal flips of training batches.
         description: one line for ``--list``.
-        paper: the paper protocol's option overrides for this benchmark (option key -> value).
+        paper: the paper protocol's option overrides for this benchmark (option key -> value);
+            a private copy of the dict given, to be treated as read-only.
     """
 
     name: str
@@ -103,7 +103,7 @@ class BenchmarkSpec:
     paper: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "paper", MappingProxyType(dict(self.paper)))
+        object.__setattr__(self, "paper", dict(self.paper))
 
     def build(self, run_cfg: "RunConfig") -> TaskStream:
         """Load the data and split it into tasks as ``run_cfg`` says (``data_root``,
@@ -202,7 +202,8 @@ def first_per_class(data: LabeledImages, n: int) -> LabeledImages:
 
 
 def resize(data: LabeledImages, size: int, chunk: int = 8192) -> LabeledImages:
-    """Resize every image to ``size x size`` (bilinear, antialiased, rounded back to ``uint8``)."""
+    """Resize ``uint8 [N, C, H, W]`` images to ``[N, C, size, size]``: bilinear, antialiased when
+    shrinking, rounded back to ``uint8`` (28 -> 32 matches PIL's bilinear resize within 1 level)."""
     if data.images.shape[-2:] == (size, size):
         return data
     out = torch.empty((len(data), data.images.shape[1], size, size), dtype=torch.uint8)

@@ -11,6 +11,15 @@ PAPER_FMNIST_PARAMS = 42_855_873  # diffusers UNet2DModel, paper FMNIST config, 
 PAPER_CIFAR10_PARAMS = 35_746_307  # diffusers UNet2DModel, paper CIFAR-10 config, in_channels=3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These nets are tiny: extra intra-op threads only fight other processes for the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_paper_parameter_counts() -> None:
     with torch.device("meta"):  # counting needs no allocation
         assert count_parameters(build_model("paper-fmnist", 1, 32)) == PAPER_FMNIST_PARAMS
@@ -80,7 +89,8 @@ def _diffusers_model(preset: UNetPreset, in_channels: int, image_size: int) -> t
         layers_per_block=preset.layers_per_block, block_out_channels=preset.block_out_channels,
         norm_num_groups=preset.norm_num_groups, attention_head_dim=preset.attention_head_dim,
         add_attention=preset.mid_attention, dropout=preset.dropout,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in preset.down_attention),
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D"
+                               for a in preset.down_attention),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in preset.up_attention))
 
 
@@ -92,13 +102,18 @@ def test_counts_match_diffusers(name: str, channels: int, expected: int) -> None
     assert count_parameters(reference) == expected
 
 
-@pytest.mark.parametrize("name", ["small", "tiny"])
-def test_same_function_as_diffusers(name: str) -> None:
+# Covers head_dim None (one head), two layers, attention at the top level, no mid attention.
+_CUSTOM = UNetPreset("custom", (16, 32), 2, (True, False), (False, True), 8, "test, 16x16",
+                     attention_head_dim=None, dropout=0.1, mid_attention=False)
+
+
+@pytest.mark.parametrize("preset", [MODELS.get("small"), MODELS.get("tiny"), _CUSTOM],
+                         ids=lambda p: p.name)
+def test_same_function_as_diffusers(preset: UNetPreset) -> None:
     """Loading diffusers' weights (``to_out.0`` -> ``to_out``) gives the same eps prediction."""
-    preset = MODELS.get(name)
     torch.manual_seed(0)
     reference = _diffusers_model(preset, 2, 16).eval()
-    ours = build_model(name, 2, 16).eval()
+    ours = preset.build(2, 16).eval()
     ours.load_state_dict({k.replace("to_out.0.", "to_out."): v
                           for k, v in reference.state_dict().items()})
     x, t = torch.randn(3, 2, 16, 16), torch.tensor([0, 17, 999])

@@ -10,19 +10,39 @@ from ..options import opt
 class EvalConfig:
     """Evaluation after every task: FID, FID_clf, KLD/ARD, solver ACC, per-task matrix."""
 
-    eval_samples: int = opt(10000, "generated samples per evaluation (paper: 10,000)", min=0)
+    # --- generated samples ----------------------------------------------------------------------
+    eval_samples: int = opt(10000, "generated samples per evaluation (paper: 10,000); 0 = no sample metrics", min=0)
     eval_batch_size: int = opt(500, "batch size for evaluation sampling and feature extraction", min=1)
     eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (paper: 10 FMNIST, 20 CIFAR)", min=1)
+    # --- Inception FID ----------------------------------------------------------------------------
+    fid_inception: bool = opt(True, "compute the Inception FID ('fid') when InceptionV3 weights are available")
     inception_weights: str = opt("", "path to torch-fidelity's InceptionV3 weights (pt_inception-2015-12-05); "
                                     "'' = env CL_DIFFUSION_INCEPTION_WEIGHTS, else torch-fidelity's download, "
                                     "else fid is left blank")
+    # --- evaluation classifier (KLD/ARD, FID_clf, routing of the per-task matrix) -----------------
     classifier: str = opt("resnet18", "evaluation classifier for KLD/ARD/FID_clf", choices=("resnet18", "cnn"))
+    clf_epochs: int = opt(0, "classifier training epochs over all classes' training data; "
+                             "0 = the preset's (resnet18: 15, cnn: 20)", min=0)
+    clf_iters: int = opt(0, "cap on classifier training iterations; 0 = the preset's (resnet18: none, cnn: 500)",
+                         min=0)
+    clf_batch_size: int = opt(0, "classifier training batch size; 0 = the preset's (resnet18: 128, cnn: 64)", min=0)
+    clf_lr: float = opt(0.0, "classifier Adam learning rate (cosine-decayed); 0 = the preset's "
+                             "(resnet18: 1e-3, cnn: 3e-3)", min=0.0)
+    clf_seed: int = opt(0, "seed of classifier training (the classifier is shared by all runs, not per run seed)",
+                        min=0)
+    clf_pretrained: bool = opt(True, "start resnet18 from torchvision's ImageNet weights when they are cached "
+                                     "locally (torch hub cache); otherwise from scratch")
+    # --- generative-replay solver (ACC / forgetting) ----------------------------------------------
     solver_epochs: int = opt(20, "epochs per task of the generative-replay solver (paper: 20); 0 = no solver", min=0)
     solver_iters_per_task: int = opt(0, "cap on solver iterations per task; 0 = whole epochs", min=0)
     solver_lr: float = opt(1e-3, "solver Adam learning rate", min=0.0, min_exclusive=True)
     solver_batch_size: int = opt(128, "solver batch: this many real images plus this many replayed samples", min=1)
-    kd_temperature: float = opt(2.0, "solver distillation temperature T (loss scaled by T^2)", min=0.0, min_exclusive=True)
+    solver_replay_pool: int = opt(0, "replayed samples drawn once per task from the previous generator and "
+                                     "shared by all solver batches; 0 = fresh samples for every batch (paper)", min=0)
+    kd_temperature: float = opt(2.0, "solver distillation temperature T (loss scaled by T^2)", min=0.0,
+                                min_exclusive=True)
     kd_variant: str = opt("standard", "solver KD: 'standard' (teacher probs as targets) or 'paper-code' "
                                      "(student probs outside the log, as in the paper's code)",
                           choices=("standard", "paper-code"))
+    # --- outputs ------------------------------------------------------------------------------------
     tensorboard: bool = opt(False, "also log every metric to TensorBoard through Avalanche's logger")

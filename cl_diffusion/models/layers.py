@@ -36,7 +36,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = Tru
 
 
 class TimestepMLP(nn.Module):
-    """``Linear -> SiLU -> Linear``: ``[B, in_dim]`` -> ``[B, out_dim]`` (diffusers' TimestepEmbedding)."""
+    """``Linear -> SiLU -> Linear``: ``[B, in_dim]`` -> ``[B, out_dim]``."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -81,7 +81,8 @@ class SelfAttention(nn.Module):
     ``GN(x)``; computed with ``F.scaled_dot_product_attention``.
     """
 
-    def __init__(self, channels: int, *, groups: int, head_dim: int | None, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, *, groups: int, head_dim: int | None,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         head_dim = channels if head_dim is None else head_dim
         if channels % head_dim:

@@ -58,6 +58,13 @@ class UNetPreset:
         """The image side must be a multiple of this: ``2 ** (levels - 1)``."""
         return 2 ** (len(self.block_out_channels) - 1)
 
+    def attention_channels(self) -> list[int]:
+        """Channel counts of the levels (and mid block) that have self-attention."""
+        chs = self.block_out_channels
+        down = [c for c, a in zip(chs, self.down_attention) if a]
+        up = [c for c, a in zip(reversed(chs), self.up_attention) if a]
+        return down + up + ([chs[-1]] if self.mid_attention else [])
+
     def check(self, in_channels: int, image_size: int) -> None:
         """Raise :class:`UserError` if the network cannot be built for these inputs."""
         name = self.name
@@ -68,13 +75,14 @@ class UNetPreset:
                             f"({len(self.block_out_channels)} levels): valid sizes are multiples "
                             f"of {f} ({sizes}, ...)")
         if in_channels < 1:
-            raise UserError(f"in_channels must be >= 1 for model preset {name!r}, got {in_channels}")
+            raise UserError(f"in_channels must be >= 1 for model preset {name!r}, "
+                            f"got {in_channels}")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise UserError(f"model preset {name!r}: channels {bad} are not divisible by "
                             f"norm_num_groups={self.norm_num_groups}")
         head = self.attention_head_dim
-        bad = [c for c in self.block_out_channels if head and c % head]
+        bad = [c for c in self.attention_channels() if head and c % head]
         if bad:
             raise UserError(f"model preset {name!r}: channels {bad} are not divisible by "
                             f"attention_head_dim={head}")
@@ -125,16 +133,16 @@ _unet("paper-cifar10", block_out_channels=(128, 256, 256, 256), layers_per_block
       down_attention=(False, True, False, False), up_attention=(False, False, True, False),
       norm_num_groups=32, in_channels=3, image_size=32,
       description="paper CIFAR-10 UNet2DModel (diffusers config), 32x32, 4 levels, attn at 16x16")
-# CPU-sized networks.
+# CPU-sized networks (sized on a 2-core CPU; heads of 32 channels).
 _unet("tiny", block_out_channels=(16, 32), layers_per_block=1,
       down_attention=(False, False), up_attention=(False, False), norm_num_groups=8,
-      mid_attention=False, in_channels=1, image_size=16,
-      description="smoke-test UNet, 16x16, 2 levels, no attention")
-_unet("small", block_out_channels=(32, 64, 64), layers_per_block=1,
+      attention_head_dim=32, in_channels=1, image_size=16,
+      description="smoke-test UNet, 16x16, 2 levels, attn in mid block only (8x8)")
+_unet("small", block_out_channels=(16, 32, 64), layers_per_block=1,
       down_attention=(False, False, True), up_attention=(True, False, False), norm_num_groups=8,
-      in_channels=1, image_size=16,
+      attention_head_dim=32, in_channels=1, image_size=16,
       description="quick-profile UNet for 2 CPU cores, 16x16, 3 levels, attn at 4x4")
-_unet("base", block_out_channels=(64, 128, 128, 256), layers_per_block=1,
+_unet("base", block_out_channels=(32, 64, 128, 192), layers_per_block=1,
       down_attention=(False, False, True, False), up_attention=(False, True, False, False),
-      norm_num_groups=16, in_channels=3, image_size=32,
-      description="GPU-free experiments UNet, 32x32, 4 levels, attn at 8x8")
+      norm_num_groups=8, attention_head_dim=32, in_channels=3, image_size=32,
+      description="CPU-experiment UNet, 32x32, 4 levels, attn at 8x8 and 4x4 (mid)")

@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import Downsample, ResnetBlock, SelfAttention, TimestepMLP, Upsample, timestep_embedding
+from .layers import (Downsample, ResnetBlock, SelfAttention, TimestepMLP, Upsample,
+                     timestep_embedding)
 
 
 class DownBlock(nn.Module):
@@ -26,14 +27,16 @@ class DownBlock(nn.Module):
                  downsample: bool, groups: int, head_dim: int | None, dropout: float) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, groups=groups, dropout=dropout)
+            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, groups=groups,
+                        dropout=dropout)
             for i in range(n_layers))
         self.attentions = nn.ModuleList(
             SelfAttention(out_ch, groups=groups, head_dim=head_dim) for _ in range(n_layers)
         ) if attention else None
         self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor,
+                emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, emb)
@@ -64,7 +67,8 @@ class UpBlock(nn.Module):
         ) if attention else None
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor],
+                emb: torch.Tensor) -> torch.Tensor:
         """Pops one skip per resnet from the end of ``skips`` (mutates the list)."""
         for i, resnet in enumerate(self.resnets):
             x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
@@ -131,9 +135,9 @@ class UNet(nn.Module):
         self.down_blocks = nn.ModuleList()
         for i in range(n):
             last = i == n - 1
-            self.down_blocks.append(DownBlock(chs[max(i - 1, 0)], chs[i], emb_dim,
-                                              n_layers=layers_per_block, attention=down_attention[i],
-                                              downsample=not last, **common))
+            self.down_blocks.append(DownBlock(
+                chs[max(i - 1, 0)], chs[i], emb_dim, n_layers=layers_per_block,
+                attention=down_attention[i], downsample=not last, **common))
             skip_chs += [chs[i]] * (layers_per_block + (0 if last else 1))
 
         self.mid_block = MidBlock(chs[-1], emb_dim, attention=mid_attention, **common)

@@ -1,0 +1,152 @@
+"""Sweeps: a grid of runs stored under ``results/``, skipping the ones already complete.
+
+    python -m cl_diffusion.sweep --benchmark fmnist-5 --strategies finetune,gd --seeds 0,1,2 \\
+        --profile quick [--set key=value ...] [--grid lambda=0.5,1.0 ...] [--out results]
+
+Each run lives in a fixed folder ``<out>/<benchmark>/<profile>/<variant>/seed<k>/``, where the
+variant is the strategy plus any ``--grid`` values (``gd__lambda=0.5``). A run is complete when its
+``manifest.json`` exists (written last, atomically). A run that was interrupted is resumed from
+its checkpoint; a folder with no checkpoint is started afresh. So a killed sweep, started again,
+redoes only unfinished runs.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import UserError
+from .run import _Parser, parse_sets
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: what to run and where its results live."""
+
+    benchmark: str
+    strategy: str
+    seed: int
+    profile: str
+    sets: tuple[tuple[str, str], ...]
+    grid: tuple[tuple[str, str], ...]
+
+    @property
+    def variant(self) -> str:
+        return "__".join([self.strategy, *(f"{k}={v}" for k, v in self.grid)])
+
+    def folder(self, out: Path) -> Path:
+        return out / self.benchmark / self.profile / self.variant / f"seed{self.seed}"
+
+    def command(self) -> str:
+        parts = ["python -m cl_diffusion.run", f"--strategy {self.strategy}", f"--benchmark {self.benchmark}",
+                 f"--profile {self.profile}", f"--seed {self.seed}"]
+        parts += [f"--set {k}={v}" for k, v in (*self.sets, *self.grid)]
+        return " ".join(parts)
+
+
+def expand(benchmark: str, strategies: Sequence[str], seeds: Sequence[int], profile: str,
+           sets: Sequence[tuple[str, str]], grid: Sequence[tuple[str, list[str]]]) -> list[RunSpec]:
+    """The cartesian product strategies x grid values x seeds."""
+    keys = [k for k, _ in grid]
+    combos = list(itertools.product(*[vals for _, vals in grid])) or [()]
+    return [RunSpec(benchmark, s, seed, profile, tuple(sets), tuple(zip(keys, combo)))
+            for s in strategies for combo in combos for seed in seeds]
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file()
+
+
+def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) one spec into its folder and write its manifest. Returns the folder."""
+    from .app import resume_folder, run_config
+    from .profiles import resolve_config
+
+    folder = spec.folder(out)
+    cfg = resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed,
+                         out=str(folder.parent))
+    start = time.time()
+    if (folder / "ckpt").is_dir() and (folder / "config.json").is_file():
+        log(f"[sweep] resuming {folder}")
+        resume_folder(folder, log=log)
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
+        run_config(cfg, log=log, run_dir=folder)
+    config = json.loads((folder / "config.json").read_text())
+    manifest = {"status": "complete", "command": spec.command(), "variant": spec.variant, "seed": spec.seed,
+                "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
+                "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
+                "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
+                "wall_seconds_this_session": round(time.time() - start, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from .io import atomic_write_json
+
+    atomic_write_json(folder / "manifest.json", manifest)
+    return folder
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for key, value in parse_sets(items):
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if not values:
+            raise UserError(f"bad --grid {key}={value!r}: expected KEY=V1,V2,...")
+        grid.append((key, values))
+    return grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m cl_diffusion.sweep", description="run a grid of runs into results/")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
+    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--executor", default="local", help="local (sequential)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        from .app import load_plugins
+        from .profiles import resolve_config
+
+        load_plugins()
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"bad --seeds {args.seeds!r}: expected comma-separated integers") from None
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        specs = expand(args.benchmark, strategies, seeds, args.profile, parse_sets(args.set), parse_grid(args.grid))
+        for spec in specs:  # validate every config before running anything
+            resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed)
+        if args.executor != "local":
+            raise UserError(f"unknown executor {args.executor!r}; valid choices: local")
+        out = Path(args.out)
+        todo = [s for s in specs if not is_complete(s.folder(out))]
+        print(f"[sweep] {len(specs)} runs, {len(specs) - len(todo)} complete, {len(todo)} to do")
+        for i, spec in enumerate(todo, 1):
+            if args.dry_run:
+                print(f"  todo: {spec.folder(out)}  ({spec.command()})")
+                continue
+            print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
+            print(execute(spec, out))
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Sample grids after the last task, one per strategy, side by side (seed 0 of each strategy).
+Reads the PNG grids that runs wrote into results/, never trains.
+
+    python paper_figures/samples.py --benchmark fmnist-5 --profile quick
+"""
+from pathlib import Path
+
+import matplotlib.image as mpimg
+from _common import load_runs, parser, plt, save, sort_variants
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
+    df = load_runs(args.results, args.benchmark, args.profile)
+    df = df[~df["variant"].str.contains("__")]
+    variants = sort_variants(df["variant"])
+    fig, axes = plt.subplots(1, len(variants), figsize=(2.6 * len(variants), 2.9))
+    for ax, variant in zip(axes if len(variants) > 1 else [axes], variants):
+        sub = df[(df["variant"] == variant)]
+        run_dir = Path(sub.sort_values("seed")["run_dir"].iloc[0])
+        last = int(sub["task"].max())
+        ax.imshow(mpimg.imread(run_dir / f"samples_task{last}.png"), cmap="gray")
+        ax.set_title(variant, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"{args.benchmark}, profile {args.profile}: samples after the last task (same noise)", fontsize=10)
+    save(fig, args.out, f"{args.benchmark}_{args.profile}_samples.png")
+
+
+if __name__ == "__main__":
+    main()
