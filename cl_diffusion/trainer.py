@@ -140,7 +140,7 @@ class Trainer:
                 self.log(f"warning: non-finite loss at {where}; batch skipped (nan_policy=skip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 return
-            raise NumericalError(f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is kept "
+            raise NumericalError(f"non-finite loss ({float(loss.detach())}) at {where}; the last good checkpoint is kept "
                                  f"in {self.run_dir / 'ckpt'} (set nan_policy=skip to skip such batches)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -81,7 +81,7 @@ def test_bad_input_one_line_exit_2(argv, pattern, run_dirs, capsys):
 @needs_fmnist
 @pytest.mark.parametrize("sets,pattern", [
     (["batch_size=100000"], r"bad value 100000 for batch_size: larger than the smallest task"),
-    (["image_size=18"], r"image_size|image size"),
+    (["image_size=17"], r"image size 17|image_size"),
 ], ids=["batch", "image_size"])
 def test_bad_input_needing_data(sets, pattern, run_dirs, capsys):
     out = run_dirs / "bad2"

@@ -31,6 +31,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("CL_DIFFUSION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CL_DIFFUSION_NO_DOWNLOAD", "1")
     monkeypatch.setattr(D, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
+    monkeypatch.chdir(tmp_path)  # no ./data of the checkout
 
 
 # --------------------------------------------------------------------------------------------
