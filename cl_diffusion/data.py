@@ -1,7 +1,7 @@
 """Datasets as in-memory ``uint8`` tensors: where to find them, how to read them, how to cache them.
 
 :func:`load_dataset` returns the train and test splits of a dataset at its native resolution
-(Fashion-MNIST 1x28x28, CIFAR-10 3x32x32) as :class:`LabeledImages`. It looks in these places,
+(Fashion-MNIST 1x28x28, CIFAR-10 / CIFAR-100 3x32x32) as :class:`LabeledImages`. It looks in these places,
 in order, and stops at the first that holds the data:
 
 1. ``data_root`` if given, else env ``CL_DIFFUSION_DATA``. Inside that folder ``R`` it accepts
@@ -12,6 +12,8 @@ in order, and stops at the first that holds the data:
      or ``R/`` itself;
    - cifar10, torchvision's pickled batches ``R/cifar-10-batches-py/`` or
      ``R/{cifar10,CIFAR10,cifar-10,cifar_10}/cifar-10-batches-py/``;
+   - cifar-100 (CIFAR-100, fine labels), likewise ``R/cifar-100-python/`` or
+     ``R/{cifar100,CIFAR100,cifar-100,cifar_100}/cifar-100-python/``;
    - either dataset, an image folder ``train/<class>/*.{png,jpg,...}`` + ``test/<class>/*`` in
      ``R/<name>/`` for the names above, or in ``R/`` itself. Images must be at native size.
 2. the system folders ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``), then
@@ -26,6 +28,10 @@ in order, and stops at the first that holds the data:
 Decoding an image folder (60k JPEGs) is slow, so the decoded arrays are cached once in
 ``$CL_DIFFUSION_CACHE/decoded/<hash>.npz``, keyed by the folder's absolute path, file count and
 newest mtime; later loads take about a second.
+
+The dataset name ``"folder"`` is any image folder ``train/<class>/*`` + ``test/<class>/*`` (or
+``val/<class>/*``) at ``data_root`` itself, read by :func:`load_image_folder_at`: classes from the
+sub-folders, channels from the first image, images center-cropped to a square and resized.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -48,8 +54,13 @@ import torch
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)  # searched after data_root / CL_DIFFUSION_DATA
+FOLDER = "folder"  # load_dataset name of a generic image folder at data_root (see load_image_folder_at)
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as 1 channel; every other mode as RGB
 _CACHE_FORMAT = 1  # bump when the decoded-cache content changes
 
 
@@ -116,6 +127,22 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 # What each dataset looks like on disk
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class PythonBatches:
+    """torchvision's pickled python batches of a CIFAR dataset."""
+
+    folder: str  # the folder torchvision unpacks, e.g. "cifar-10-batches-py"
+    train: tuple[str, ...]  # batch file names of the training split
+    test: tuple[str, ...]  # batch file names of the test split
+    label_key: str  # the labels' key in each batch dict: "labels" or "fine_labels"
+    title: str  # for messages, e.g. "CIFAR-10"
+
+
+CIFAR10_BATCHES = PythonBatches("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                                ("test_batch",), "labels", "CIFAR-10")
+CIFAR100_BATCHES = PythonBatches("cifar-100-python", ("train",), ("test",), "fine_labels", "CIFAR-100")
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """What :func:`load_dataset` needs to know about one dataset."""
 
@@ -126,6 +153,7 @@ class DatasetInfo:
     folders: tuple[str, ...]  # sub-folder names of a data root that may hold it
     torchvision_name: str  # torchvision.datasets class, for the download
     idx: bool  # distributed as idx files (else as torchvision's python batches)
+    batches: PythonBatches = CIFAR10_BATCHES  # the python-batch layout when not idx
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -137,10 +165,24 @@ DATASETS: dict[str, DatasetInfo] = {
         "cifar10", 3, 32,
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         ("cifar10", "CIFAR10", "cifar-10", "cifar_10"), "CIFAR10", idx=False),
+    # CIFAR-100 with its 100 fine labels (the 20 coarse superclass labels are not read)
+    "cifar-100": DatasetInfo(
+        "cifar-100", 3, 32,
+        ("apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+         "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+         "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+         "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+         "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle",
+         "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear",
+         "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon",
+         "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
+         "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+         "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+         "willow_tree", "wolf", "woman", "worm"),
+        ("cifar100", "CIFAR100", "cifar-100", "cifar_100"), "CIFAR100", idx=False, batches=CIFAR100_BATCHES),
 }
 _IDX_FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
               ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
-_CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
 def cache_dir() -> Path:
@@ -154,7 +196,7 @@ def _candidates(info: DatasetInfo, root: Path, include_root: bool) -> list[tuple
     if info.idx:
         native = [(root / "FashionMNIST" / "raw", "idx")] + [(d, "idx") for d in subs]
     else:
-        native = [(d / "cifar-10-batches-py", "cifar-batches") for d in [root] + subs[:len(info.folders)]]
+        native = [(d / info.batches.folder, "cifar-batches") for d in [root] + subs[:len(info.folders)]]
     return native + [(d, "image-folder") for d in subs]
 
 
@@ -162,14 +204,16 @@ def _candidates(info: DatasetInfo, root: Path, include_root: bool) -> list[tuple
 # Resolution
 # --------------------------------------------------------------------------------------------
 def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> DatasetSplits:
-    """Find and load dataset ``name`` (``"fashion-mnist"`` or ``"cifar10"``) at native resolution.
+    """Find and load dataset ``name`` (a :data:`DATASETS` name, or ``"folder"``) at native resolution.
 
     See the module docstring for the search order. ``data_root`` ``""``/``None`` means env
-    ``CL_DIFFUSION_DATA``. Raises :class:`UserError` when the data is nowhere to be found or a
-    folder holds an incomplete copy.
+    ``CL_DIFFUSION_DATA`` (except for ``"folder"``, which needs ``data_root``). Raises
+    :class:`UserError` when the data is nowhere to be found or a folder holds an incomplete copy.
     """
+    if name == FOLDER:
+        return load_image_folder_at(data_root or "")
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted([*DATASETS, FOLDER]))}")
     info = DATASETS[name]
     root = str(data_root or "") or os.environ.get("CL_DIFFUSION_DATA", "")
     searches = [(Path(root).expanduser(), True)] if root else []
@@ -215,9 +259,10 @@ def _absent_reason(info: DatasetInfo, folder: Path, kind: str) -> str | None:
                             f"it needs {', '.join(f'{s}.gz' for s in _IDX_FILES.values())}")
         return None
     if kind == "cifar-batches":
-        missing = [b for bs in _CIFAR_BATCHES.values() for b in bs if not (folder / b).is_file()]
+        b = info.batches
+        missing = [n for n in b.train + b.test if not (folder / n).is_file()]
         if missing:
-            raise UserError(f"{folder} holds only part of torchvision's CIFAR-10: missing {', '.join(missing)}")
+            raise UserError(f"{folder} holds only part of torchvision's {b.title}: missing {', '.join(missing)}")
         return None
     if not (folder / "train").is_dir() and not (folder / "test").is_dir():
         return ""
@@ -238,9 +283,10 @@ def _how_to_fix(info: DatasetInfo, root: str) -> str:
         files = ", ".join(f"{s}.gz" for s in _IDX_FILES.values())
         return (f"Put {files} into {d}/{info.folders[0]}/ and {where}; or apt-get install "
                 f"dataset-fashion-mnist, which is found in /usr/share/datasets without options")
-    return (f"Put the image folders train/<class>/*.png|jpg and test/<class>/*.png|jpg (classes "
-            f"{' '.join(info.class_names)}) into {d}/{info.folders[0]}/, or torchvision's cifar-10-batches-py/ "
-            f"into {d}/, and {where}")
+    names = info.class_names
+    classes = " ".join(names) if len(names) <= 20 else f"the {len(names)} classes {names[0]} ... {names[-1]}"
+    return (f"Put the image folders train/<class>/*.png|jpg and test/<class>/*.png|jpg ({classes}) into "
+            f"{d}/{info.folders[0]}/, or torchvision's {info.batches.folder}/ into {d}/, and {where}")
 
 
 def _load(info: DatasetInfo, folder: Path, kind: str) -> DatasetSplits:
@@ -283,7 +329,7 @@ def _load_idx(info: DatasetInfo, folder: Path) -> DatasetSplits:
 
 
 # --------------------------------------------------------------------------------------------
-# torchvision's CIFAR-10 python batches, read without executing arbitrary pickle code
+# torchvision's CIFAR-10 / CIFAR-100 python batches, read without executing arbitrary pickle code
 # --------------------------------------------------------------------------------------------
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes and numpy arrays, and refuses every other global."""
@@ -299,17 +345,19 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     with path.open("rb") as f:
         d = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-    return np.asarray(d["data"], dtype=np.uint8), np.asarray(d["labels"], dtype=np.int64)
+    if "data" not in d or label_key not in d:
+        raise UserError(f"{path} is not a CIFAR batch with 'data' and {label_key!r} (keys: {sorted(d)})")
+    return np.asarray(d["data"], dtype=np.uint8), np.asarray(d[label_key], dtype=np.int64)
 
 
 def _load_cifar_batches(info: DatasetInfo, folder: Path) -> DatasetSplits:
     splits = {}
-    for split, names in _CIFAR_BATCHES.items():
-        parts = [_read_cifar_batch(folder / n) for n in names]
+    for split, names in (("train", info.batches.train), ("test", info.batches.test)):
+        parts = [_read_cifar_batch(folder / n, info.batches.label_key) for n in names]
         data = np.concatenate([p[0] for p in parts]).reshape(-1, info.channels, info.size, info.size)
         labels = np.concatenate([p[1] for p in parts])
         splits[split] = LabeledImages(torch.from_numpy(data), torch.from_numpy(labels))
@@ -349,25 +397,35 @@ def class_order_of(info: DatasetInfo, folder_names: Sequence[str]) -> list[str]:
     return sorted(folder_names)
 
 
+def _first_image(folder: Path) -> str:
+    """Path of the first image in ``folder/train/<class>/``; UserError describing the layout if none."""
+    train = folder / "train"
+    subs = sorted(e.path for e in os.scandir(train) if e.is_dir()) if train.is_dir() else []
+    first = next((e.path for d in subs for e in sorted(os.scandir(d), key=lambda e: e.name)
+                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)), None)
+    if first is None:
+        _list_split(folder, "train")  # raises the UserError that describes the expected layout
+    assert first is not None
+    return first
+
+
 def _image_folder_mismatch(info: DatasetInfo, folder: Path) -> str | None:
     """``None`` if the first training image has ``info``'s native size, else why it is not this dataset."""
     from PIL import Image
 
-    train = folder / "train"
-    subs = sorted(e.path for e in os.scandir(train) if e.is_dir()) if train.is_dir() else []
-    first = next((e.path for d in subs for e in os.scandir(d)
-                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)), None)
-    if first is None:
-        _list_split(folder, "train")  # raises the UserError that describes the expected layout
-    with Image.open(first) as im:
+    with Image.open(_first_image(folder)) as im:
         if im.size != (info.size, info.size):
             return f"images are {im.size[0]}x{im.size[1]}, {info.name} needs {info.size}x{info.size}"
     return None
 
 
-def load_image_folder(info: DatasetInfo, folder: Path) -> DatasetSplits:
-    """Decode ``folder/{train,test}/<class>/*`` (or read the decode cache) into :class:`DatasetSplits`."""
-    listing = {s: _list_split(folder, s) for s in ("train", "test")}
+def load_image_folder(info: DatasetInfo, folder: Path, fit: bool = False, test_split: str = "test") -> DatasetSplits:
+    """Decode ``folder/{train,<test_split>}/<class>/*`` (or read the decode cache) into :class:`DatasetSplits`.
+
+    ``fit``: images of another size are center-cropped to a square and resized to ``info.size``
+    (else they are an error).
+    """
+    listing = {"train": _list_split(folder, "train"), "test": _list_split(folder, test_split)}
     if set(listing["train"]) != set(listing["test"]):
         raise UserError(f"image folder {folder}: train/ and test/ have different class folders "
                         f"({sorted(listing['train'])} vs {sorted(listing['test'])})")
@@ -383,10 +441,46 @@ def load_image_folder(info: DatasetInfo, folder: Path) -> DatasetSplits:
             pass  # a damaged cache file is rebuilt below
     arrays = {}
     for split, items in files.items():
-        arrays[f"{split}_images"] = _decode(info, [e.path for e, _ in items], f"decoding {folder.name}/{split}")
+        arrays[f"{split}_images"] = _decode(info, [e.path for e, _ in items], f"decoding {folder.name}/{split}", fit)
         arrays[f"{split}_labels"] = np.array([y for _, y in items], dtype=np.int64)
     _save_atomic(cache, arrays)
     return _splits_from_arrays(arrays, names, folder)
+
+
+def _square_resize(img: Image.Image, size: int) -> Image.Image:
+    """Center-crop a PIL image to a square, then resize it to ``size x size`` (bilinear, antialiased)."""
+    from PIL import Image
+
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+
+
+def load_image_folder_at(root: str | os.PathLike, size: int | None = None) -> DatasetSplits:
+    """Any image folder ``root/train/<class>/*`` + ``root/test/<class>/*`` (or ``root/val/<class>/*``).
+
+    Labels follow the class folders (numeric order for numeric names, else sorted); the channels
+    follow the first training image's mode (grey modes -> 1, everything else -> RGB, alpha dropped);
+    every image is center-cropped to a square and resized to ``size`` (``None``: the first training
+    image's side), so mixed sizes are fine. Decoded once and cached like the other image folders.
+    Raises :class:`UserError` when ``root`` is empty or does not hold this layout.
+    """
+    from PIL import Image
+
+    layout = "train/<class>/*.png|jpg and test/<class>/*.png|jpg"
+    if not str(root):
+        raise UserError(f"the {FOLDER!r} dataset needs --data-root DIR, a folder with {layout}")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--data-root {folder} is not a folder; the {FOLDER!r} dataset needs {layout} in it")
+    with Image.open(_first_image(folder)) as im:
+        channels = 1 if im.mode in GREY_MODES else 3
+        side = size or min(im.size)
+    test_split = "test" if (folder / "test").is_dir() or not (folder / "val").is_dir() else "val"
+    # the name keys the decode cache, so it names what the arrays hold
+    info = DatasetInfo(f"{FOLDER}-{side}px-c{channels}", channels, side, (), (), "", idx=False)
+    return load_image_folder(info, folder, fit=True, test_split=test_split)
 
 
 def _cache_key(info: DatasetInfo, folder: Path, names: list[str],
@@ -398,8 +492,9 @@ def _cache_key(info: DatasetInfo, folder: Path, names: list[str],
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _decode(info: DatasetInfo, paths: list[str], desc: str) -> np.ndarray:
-    """Decode image files with PIL on a thread pool -> ``uint8 [N, C, H, W]``."""
+def _decode(info: DatasetInfo, paths: list[str], desc: str, fit: bool = False) -> np.ndarray:
+    """Decode image files with PIL on a thread pool -> ``uint8 [N, C, H, W]``; ``fit``: see
+    :func:`load_image_folder`."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -409,10 +504,13 @@ def _decode(info: DatasetInfo, paths: list[str], desc: str) -> np.ndarray:
     def work(lo: int, hi: int) -> int:
         for i in range(lo, hi):
             with Image.open(paths[i]) as im:
-                if im.size != (info.size, info.size):
+                if im.size != (info.size, info.size) and not fit:
                     raise UserError(f"{paths[i]} is {im.size[0]}x{im.size[1]}; {info.name} images must be "
                                     f"{info.size}x{info.size}")
-                out[i] = np.asarray(im.convert(mode)).reshape(info.size, info.size, info.channels)
+                img = im.convert(mode)
+                if img.size != (info.size, info.size):
+                    img = _square_resize(img, info.size)
+                out[i] = np.asarray(img).reshape(info.size, info.size, info.channels)
         return hi - lo
 
     chunk = 1024

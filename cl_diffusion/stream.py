@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from .data import LabeledImages, load_dataset
+from .data import DatasetSplits, LabeledImages, load_dataset
 from .errors import UserError
 from .registry import Registry
 
@@ -105,12 +105,20 @@ class BenchmarkSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "paper", dict(self.paper))
 
+    def load(self, run_cfg: "RunConfig") -> DatasetSplits:
+        """The dataset's splits (any resolution; :meth:`build` resizes). Subclasses may override."""
+        return load_dataset(self.dataset, run_cfg.data_root)
+
+    def task_count(self, run_cfg: "RunConfig") -> int:
+        """Number of tasks of this run: ``n_tasks``. Subclasses may read it from ``run_cfg``."""
+        return self.n_tasks
+
     def build(self, run_cfg: "RunConfig") -> TaskStream:
         """Load the data and split it into tasks as ``run_cfg`` says (``data_root``,
         ``class_order``, ``seed``, ``train_subset``, ``image_size``)."""
-        splits = load_dataset(self.dataset, run_cfg.data_root)
+        splits = self.load(run_cfg)
         num_classes = len(splits.class_names)
-        split = task_classes(run_cfg.class_order, num_classes, self.n_tasks, run_cfg.seed)
+        split = task_classes(run_cfg.class_order, num_classes, self.task_count(run_cfg), run_cfg.seed)
         train = resize(first_per_class(splits.train, run_cfg.train_subset), run_cfg.image_size)
         test = resize(splits.test, run_cfg.image_size)
         tasks = []
@@ -149,7 +157,9 @@ BENCHMARKS: Registry[BenchmarkSpec] = _BenchmarkRegistry("benchmark")
 def task_classes(class_order: str, num_classes: int, n_tasks: int, seed: int) -> list[list[int]]:
     """Classes of each task: ``"fixed"`` -> (0,1),(2,3),...; ``"seeded"`` -> Avalanche's order."""
     if n_tasks < 1 or num_classes % n_tasks:
-        raise UserError(f"cannot split {num_classes} classes into {n_tasks} equal tasks")
+        valid = ", ".join(str(n) for n in range(1, num_classes + 1) if num_classes % n == 0)
+        raise UserError(f"cannot split {num_classes} classes into {n_tasks} equal tasks; "
+                        f"valid task counts: {valid}")
     if class_order == "fixed":
         per = num_classes // n_tasks
         return [list(range(k * per, (k + 1) * per)) for k in range(n_tasks)]

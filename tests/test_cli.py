@@ -171,3 +171,26 @@ def test_entry_point_plugin_from_installed_package(tmp_path, run_dirs):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "metrics.csv")
     assert len(rows) == 5 and int(rows[-1]["teacher_image_evals"]) > 0
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    """No CIFAR-10 anywhere: exit 2 with the paths tried and what to put where."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"CL_DIFFUSION_NO_DOWNLOAD": "1", "CL_DIFFUSION_CACHE": str(tmp_path / "cache"), "CL_DIFFUSION_DATA": ""}
+    proc = run_cli("--strategy", "finetune", "--benchmark", "cifar10-5", "--profile", "smoke", "--data-root",
+                   str(empty), "--out", str(tmp_path / "runs"), cwd=tmp_path, env=env)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(empty) in err and "train/<class>/" in err
+    assert _run_dirs(tmp_path / "runs") == set()
+
+
+@needs_fmnist
+def test_missing_inception_weights_file(run_dirs, capsys):
+    out = run_dirs / "inception"
+    code = main(["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(out),
+                 "--set", "inception_weights=/nonexistent/pt_inception.pth"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "/nonexistent/pt_inception.pth" in err, err
+    assert _run_dirs(out) == set()
