@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from . import distributed
 from .config import Config
 from .errors import UserError
 from .io import atomic_write_json, git_commit, new_run_dir, provenance
@@ -28,11 +29,17 @@ def load_plugins() -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The run's device; under torchrun this also joins the process group (``cuda:LOCAL_RANK`` per rank)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("bad value 'cuda' for device: no CUDA device is available; valid choices here: auto, cpu")
-    return torch.device(name)
+    return distributed.setup(torch.device(name))
+
+
+def rank_log(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on rank 0, silence on the other data-parallel ranks."""
+    return log if distributed.is_main() else (lambda *_: None)
 
 
 @dataclass
@@ -66,7 +73,10 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
     torch.manual_seed(derived_seed(run.seed, 0))
     model = build_model(run.model, stream.channels, run.image_size).to(device)
     schedule = NoiseSchedule.from_config(run).to(device)
-    generator = torch.Generator(device=device).manual_seed(derived_seed(run.seed, 1))
+    rank = distributed.rank()  # rank 0 draws exactly what a single process draws; the others their own
+    if rank > 0:
+        torch.manual_seed(derived_seed(run.seed, 0, rank))
+    generator = torch.Generator(device=device).manual_seed(derived_seed(run.seed, 1, *([rank] if rank else [])))
     strategy_cls = STRATEGIES.get(run.strategy)
     strategy = strategy_cls(model, schedule, cfg, generator, device)
     evaluator = Evaluator(cfg, stream, schedule, device, run_dir, strategy_cls.solver_mode)
@@ -75,7 +85,11 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run directory, so two processes never write into one run."""
+    """Hold an exclusive lock on a run directory, so two runs never write into one (rank 0 holds it
+    for all the ranks of a data-parallel run)."""
+    if not distributed.is_main():
+        yield
+        return
     with open(run_dir / ".lock", "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,22 +123,36 @@ def run_experiment(strategy: str, benchmark: str, profile: str = "paper", sets: 
 
 def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | None = None) -> Path:
     """Train and evaluate a resolved config in a fresh run directory (``run_dir`` must not exist;
-    by default a new one is made under ``cfg.run.out``). Writes config.json first."""
+    by default a new one is made under ``cfg.run.out``). Writes config.json first. Under torchrun,
+    rank 0 makes the directory and writes the files; every rank trains."""
+    resolve_device(cfg.run.device)  # joins the torchrun process group, if any, before rank 0 decides
+    log = rank_log(log)
     log(describe_profile(cfg))
-    run = cfg.run
-    if run_dir is None:
-        run_dir = new_run_dir(Path(run.out), f"{run.benchmark}_{run.strategy}_s{run.seed}")
-    else:
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir()  # exclusive: never reuse a folder
+    if distributed.is_main():
+        run_dir = _make_run_dir(cfg, run_dir)
+    run_dir = distributed.broadcast_path(run_dir)
     try:
         comps = build_components(cfg, run_dir, log)
     except BaseException:
-        _remove_if_empty(run_dir)
+        if distributed.is_main():
+            _remove_if_empty(run_dir)
         raise
-    atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=provenance(str(comps.device))))
+    if distributed.is_main():
+        meta = provenance(str(comps.device))
+        if distributed.world_size() > 1:
+            meta["world_size"] = distributed.world_size()
+        atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=meta))
     log(f"run directory: {run_dir}")
     return _train(comps, run_dir, log, resume=False)
+
+
+def _make_run_dir(cfg: Config, run_dir: Path | None) -> Path:
+    run = cfg.run
+    if run_dir is None:
+        return new_run_dir(Path(run.out), f"{run.benchmark}_{run.strategy}_s{run.seed}")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir()  # exclusive: never reuse a folder
+    return run_dir
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -189,6 +217,8 @@ def resume_folder(run_dir: Path, cfg: Config | None = None, log: Callable[[str],
     """Continue the run in ``run_dir`` from its newest good checkpoint."""
     if cfg is None:
         cfg, _ = load_run_config(run_dir)
+    resolve_device(cfg.run.device)  # joins the torchrun process group, if any
+    log = rank_log(log)
     comps = build_components(cfg, run_dir, log)
     return _train(comps, run_dir, log, resume=True)
 
@@ -204,7 +234,7 @@ def print_list(out: Callable[[str], None] = print) -> None:
 
     out("strategies:")
     for name, cls in STRATEGIES.items():
-        params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.Params()))
+        params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.default_params()))
         out(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
             + (f"  [{params}]" if params else ""))
     out("benchmarks:")

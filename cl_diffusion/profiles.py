@@ -78,7 +78,7 @@ def resolve_config(strategy: str, benchmark: str, profile: str = "paper",
     strategy_cls = STRATEGIES.get(strategy)
     spec = BENCHMARKS.get(benchmark)
     prof = PROFILES.get(profile)
-    cfg = Config(run=RunConfig(), eval=EvalConfig(), strategy_params=strategy_cls.Params())
+    cfg = Config(run=RunConfig(), eval=EvalConfig(), strategy_params=strategy_cls.default_params())
     _apply(cfg, {"strategy": strategy, "benchmark": benchmark, "profile": profile}, "run")
     _apply(cfg, spec.paper, f"benchmark {benchmark}")
     _apply(cfg, strategy_cls.paper_params.get(benchmark, {}), f"strategy {strategy}")

@@ -53,8 +53,20 @@ class Strategy:
         """This strategy's own options (none for the base class)."""
 
     solver_mode: ClassVar[str] = "current"
-    #: Per-benchmark paper defaults of this strategy's params, e.g. {"cifar10-5": {"lambda": 0.75}}.
+    #: Defaults of this strategy's params that differ from the ``Params`` field defaults, by key.
+    defaults: ClassVar[Mapping[str, object]] = {}
+    #: Per-benchmark paper settings of this strategy's params, applied after ``defaults``.
     paper_params: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+
+    @classmethod
+    def default_params(cls) -> "Strategy.Params":
+        """``Params()`` with this strategy's ``defaults`` applied."""
+        from .options import set_option
+
+        params = cls.Params()
+        for key, value in cls.defaults.items():
+            set_option(params, key, value)
+        return params
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, cfg: Config,
                  generator: torch.Generator, device: torch.device) -> None:

@@ -6,7 +6,9 @@ from cl_diffusion.strategy import STRATEGIES
 
 @STRATEGIES.register("gaussian")
 class GaussianDistillation(DistillationStrategy):
-    paper_params = {"cifar10-5": {"lambda": 8.0}, "fmnist-5": {"lambda": 8.0}}
+    """Gaussian distillation: pure noise inputs, target = teacher's eps."""
+
+    defaults = {"lambda": 8.0}
     uses_generation = False
 
     def replay_pair(self, x0, x_t, t):

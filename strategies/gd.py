@@ -11,7 +11,9 @@ from cl_diffusion.strategy import STRATEGIES
 
 @STRATEGIES.register("gd")
 class GenerativeDistillation(DistillationStrategy):
-    paper_params = {"cifar10-5": {"lambda": 0.75}, "fmnist-5": {"lambda": 0.75}}
+    """Generative distillation (the paper's method): noised teacher samples, target = teacher's eps."""
+
+    defaults = {"lambda": 0.75}
 
     def replay_pair(self, x0, x_t, t):
         x_r, t_r, _ = self.noised_teacher_samples(x0)

@@ -8,7 +8,9 @@ from cl_diffusion.strategy import STRATEGIES
 
 @STRATEGIES.register("gr")
 class GenerativeReplay(DistillationStrategy):
-    paper_params = {"cifar10-5": {"lambda": 1.0}, "fmnist-5": {"lambda": 1.0}}
+    """Generative replay: noised teacher samples, target = the noise added."""
+
+    defaults = {"lambda": 1.0}
 
     def replay_pair(self, x0, x_t, t):
         x_r, t_r, eps_r = self.noised_teacher_samples(x0)

@@ -6,7 +6,9 @@ from cl_diffusion.strategy import STRATEGIES
 
 @STRATEGIES.register("lwf")
 class LwFDistillation(DistillationStrategy):
-    paper_params = {"cifar10-5": {"lambda": 1.25}, "fmnist-5": {"lambda": 1.25}}
+    """LwF-like distillation: current batch's x_t, target = teacher's eps."""
+
+    defaults = {"lambda": 1.25}
     uses_generation = False
 
     def replay_pair(self, x0, x_t, t):

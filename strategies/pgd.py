@@ -7,7 +7,9 @@ from cl_diffusion.strategy import STRATEGIES
 
 @STRATEGIES.register("pgd")
 class PartialGenerationDistillation(DistillationStrategy):
-    paper_params = {"cifar10-5": {"lambda": 0.75}, "fmnist-5": {"lambda": 0.75}}
+    """Partial-generation distillation: teacher trajectory stopped at t', target = teacher's eps."""
+
+    defaults = {"lambda": 0.75}
 
     def replay_pair(self, x0, x_t, t):
         t_r = self.random_t(x0.shape[0])
