@@ -30,7 +30,7 @@ class FolderBenchmark(BenchmarkSpec):
 
     def task_count(self, run_cfg: "RunConfig") -> int:
         """The option ``n_tasks`` if set (> 0), else this spec's default."""
-        return int(getattr(run_cfg, "n_tasks", 0) or self.n_tasks)
+        return int(run_cfg.n_tasks or self.n_tasks)
 
     def load(self, run_cfg: "RunConfig") -> DatasetSplits:
         """The image folder at ``data_root``, decoded at ``image_size``; UserError if the task count

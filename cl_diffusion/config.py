@@ -37,6 +37,8 @@ class RunConfig:
     class_order: str = options.opt("fixed", "'fixed' = (0,1),(2,3),...; 'seeded' = Avalanche's seed-shuffled order",
                                    choices=("fixed", "seeded"))
     train_subset: int = options.opt(0, "keep at most this many training images per class; 0 = all", min=0)
+    test_subset: int = options.opt(0, "keep at most this many test images per class (evaluation); 0 = all", min=0)
+    n_tasks: int = options.opt(0, "number of tasks for the folder stream; 0 = the benchmark's default (5)", min=0)
     # --- model ---------------------------------------------------------------------------------
     model: str = options.opt("paper-fmnist", "network preset (see --list)")
     image_size: int = options.opt(32, "side of the square images fed to the model, in pixels", min=4)

@@ -42,10 +42,11 @@ PROFILES.add("quick", Profile(
 ))
 PROFILES.add("smoke", Profile(
     "smoke",
-    "test-scale: 16x16 images, 'tiny' UNet, 4 iterations per task on 64 images per class, 32 "
+    "test-scale: 16x16 images, 'tiny' UNet, 4 iterations per task on 64 training and 100 test images per class, 32 "
     "evaluation samples at 2 DDIM steps; checks the plumbing only, the numbers mean nothing",
     {
         "image_size": 16, "model": "tiny", "iters_per_task": 4, "batch_size": 16, "train_subset": 64,
+        "test_subset": 100,
         "grid_samples": 16, "num_timesteps": 1000, "progress": False,
         "eval_samples": 32, "eval_batch_size": 32, "eval_steps": 2, "classifier": "cnn",
         "solver_epochs": 1, "solver_iters_per_task": 3, "solver_batch_size": 16,

@@ -3,6 +3,9 @@
 Thin by design: it resolves one :class:`~cl_diffusion.config.Config`, writes ``config.json``
 into a new run directory and hands over to :class:`~cl_diffusion.trainer.Trainer`. The last
 line on stdout is the run directory. Bad input prints one line ``error: ...`` and exits 2.
+
+Under ``torchrun --nproc_per_node N -m cl_diffusion.run ...`` the same command trains one run
+data-parallel over N processes (:mod:`cl_diffusion.distributed`); rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def parse_sets(items: Sequence[str]) -> list[tuple[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from . import distributed
         from .app import load_plugins, print_list, resume_run, start_run
 
         load_plugins()
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = resume_run(Path(args.resume), args, sets, force=args.force)
         else:
             run_dir = start_run(args, sets)
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():
             print(run_dir)
         return 0
     except UserError as err:
@@ -78,6 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         raise
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group; never imports torch just for this."""
+    module = sys.modules.get("cl_diffusion.distributed")
+    if module is not None:
+        module.shutdown()
 
 
 if __name__ == "__main__":

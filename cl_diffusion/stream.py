@@ -110,17 +110,22 @@ class BenchmarkSpec:
         return load_dataset(self.dataset, run_cfg.data_root)
 
     def task_count(self, run_cfg: "RunConfig") -> int:
-        """Number of tasks of this run: ``n_tasks``. Subclasses may read it from ``run_cfg``."""
+        """Number of tasks of this run: ``n_tasks``; the option ``n_tasks`` may only repeat it.
+        Subclasses whose task count is an option (the ``folder`` stream) override this."""
+        asked = run_cfg.n_tasks
+        if asked and asked != self.n_tasks:
+            raise UserError(f"bad value {asked} for n_tasks: benchmark {self.name!r} has a fixed {self.n_tasks} "
+                            f"tasks; n_tasks applies to the 'folder' benchmark (or leave it at 0)")
         return self.n_tasks
 
     def build(self, run_cfg: "RunConfig") -> TaskStream:
         """Load the data and split it into tasks as ``run_cfg`` says (``data_root``,
-        ``class_order``, ``seed``, ``train_subset``, ``image_size``)."""
+        ``class_order``, ``seed``, ``train_subset``, ``test_subset``, ``image_size``)."""
         splits = self.load(run_cfg)
         num_classes = len(splits.class_names)
         split = task_classes(run_cfg.class_order, num_classes, self.task_count(run_cfg), run_cfg.seed)
         train = resize(first_per_class(splits.train, run_cfg.train_subset), run_cfg.image_size)
-        test = resize(splits.test, run_cfg.image_size)
+        test = resize(first_per_class(splits.test, run_cfg.test_subset), run_cfg.image_size)
         tasks = []
         for k, classes in enumerate(split):
             ids = torch.tensor(classes)
@@ -129,7 +134,8 @@ class BenchmarkSpec:
             if len(tasks[-1].train) == 0:
                 raise UserError(f"{self.name}: task {k} (classes {classes}) has no training images")
         order = run_cfg.class_order + (str(run_cfg.seed) if run_cfg.class_order == "seeded" else "")
-        dataset_id = (f"{self.dataset}-{run_cfg.image_size}px-{order}-n{run_cfg.train_subset or 'all'}"
+        test_tag = f"-t{run_cfg.test_subset}" if run_cfg.test_subset else ""
+        dataset_id = (f"{self.dataset}-{run_cfg.image_size}px-{order}-n{run_cfg.train_subset or 'all'}{test_tag}"
                       f"-{_fingerprint(tasks)}")
         return TaskStream(self.name, tasks, list(splits.class_names), num_classes, int(train.images.shape[1]),
                           run_cfg.image_size, self.hflip, dataset_id)

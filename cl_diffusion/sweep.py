@@ -8,6 +8,13 @@ variant is the strategy plus any ``--grid`` values (``gd__lambda=0.5``). A run i
 ``manifest.json`` exists (written last, atomically). A run that was interrupted is resumed from
 its checkpoint; a folder with no checkpoint is started afresh. So a killed sweep, started again,
 redoes only unfinished runs.
+
+Executors: ``local`` (default) runs the specs one after another in this process; ``ray`` submits
+each spec as one Ray task that asks for ``--gpus-per-run`` GPUs (default 1), on the cluster at
+``--address`` (default: ``$RAY_ADDRESS`` or a running local instance; ``local`` starts a new one).
+Both call :func:`execute`, so the folders and manifests are the same. Ray workers write into
+``--out`` directly: on a multi-node cluster it must be a path every node shares, and every node
+needs this package installed (``pip install 'cl_diffusion[ray]'``).
 """
 from __future__ import annotations
 
@@ -92,6 +99,55 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Pat
     return folder
 
 
+EXECUTORS = ("local", "ray")
+
+
+def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per_run: float,
+               cpus_per_run: int) -> int:
+    """Run every spec as one Ray task (``gpus_per_run`` GPUs, ``cpus_per_run`` CPUs each), print each
+    finished folder as it lands; 0 if all succeeded, else 1 after listing the failures."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray, which is not installed; install it with "
+                        "pip install 'cl_diffusion[ray]' (or pip install 'ray>=2.9')") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if gpus < gpus_per_run:
+        raise UserError(f"bad value {gpus_per_run:g} for --gpus-per-run: the Ray cluster has {gpus:g} GPU(s); "
+                        "pass --gpus-per-run 0 to run on CPUs")
+    task = ray.remote(num_gpus=gpus_per_run, num_cpus=cpus_per_run)(_execute_on_worker)
+    pending = {task.remote(spec, str(out.resolve()), cpus_per_run): spec for spec in todo}
+    print(f"[sweep] submitted {len(pending)} Ray tasks ({gpus_per_run:g} GPU, {cpus_per_run} CPU each)")
+    failures = []
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        spec = pending.pop(ref)
+        try:
+            print(ray.get(ref))
+        except Exception as err:  # a failed run must not stop the others
+            cause = getattr(err, "cause", None) or err  # Ray wraps the run's exception
+            first = (str(cause).strip().splitlines() or [""])[0]
+            failures.append(f"{spec.folder(out)}: {type(cause).__name__}: {first}")
+    for line in failures:
+        print(f"[sweep] failed: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _execute_on_worker(spec: RunSpec, out: str, threads: int) -> str:
+    """The body of one Ray task: :func:`execute` with ``threads`` torch threads; its log lines name the
+    run (Ray forwards them to the driver, where several runs interleave)."""
+    import torch
+
+    from .app import load_plugins
+
+    torch.set_num_threads(max(1, threads))
+    load_plugins()
+    tag = f"[{spec.variant} seed{spec.seed}]"
+    return str(execute(spec, Path(out), log=lambda msg: print(tag, msg)))
+
+
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
     grid = []
     for key, value in parse_sets(items):
@@ -111,7 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
     p.add_argument("--out", default="results", help="results folder (default results/)")
-    p.add_argument("--executor", default="local", help="local (sequential)")
+    p.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="local (sequential, this process) | ray (one Ray task per run)")
+    p.add_argument("--address", help="ray: the cluster address (default $RAY_ADDRESS or a running local "
+                                     "instance; 'local' starts a new one)")
+    p.add_argument("--gpus-per-run", type=float, default=1.0, help="ray: GPUs each run asks for (default 1; "
+                                                                  "0 on a CPU-only cluster)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="ray: CPUs each run asks for and its torch "
+                                                               "threads (default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
     return p
 
@@ -131,15 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = expand(args.benchmark, strategies, seeds, args.profile, parse_sets(args.set), parse_grid(args.grid))
         for spec in specs:  # validate every config before running anything
             resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed)
-        if args.executor != "local":
-            raise UserError(f"unknown executor {args.executor!r}; valid choices: local")
         out = Path(args.out)
         todo = [s for s in specs if not is_complete(s.folder(out))]
         print(f"[sweep] {len(specs)} runs, {len(specs) - len(todo)} complete, {len(todo)} to do")
-        for i, spec in enumerate(todo, 1):
-            if args.dry_run:
+        if args.dry_run:
+            for spec in todo:
                 print(f"  todo: {spec.folder(out)}  ({spec.command()})")
-                continue
+            return 0
+        if args.executor == "ray":
+            return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
+        for i, spec in enumerate(todo, 1):
             print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
             print(execute(spec, out))
         return 0

@@ -6,20 +6,27 @@ strategy's ``after_task``, draws a sample grid, runs the evaluator and appends o
 ``metrics.csv``. All randomness comes from explicit generators whose states are checkpointed,
 so a run killed at any point and resumed from its last checkpoint ends with the same metrics
 (wall-clock ``*_seconds`` columns aside).
+
+Under torchrun (:mod:`.distributed`) every rank takes its share of each global batch and the
+strategy's student forward runs through DistributedDataParallel; losses are averaged over the
+ranks, so every rank holds the same :class:`Position`. Rank 0 writes the files; each rank's RNG
+states and cost counters go into the checkpoint, so a resume is exact there too.
 """
 from __future__ import annotations
 
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import load_latest, save_checkpoint, save_weights
 from .config import Config
 from .data import LabeledImages, to_model_range
@@ -69,6 +76,7 @@ class Trainer:
         self.generator = strategy.generator
         self.pos = Position()
         self.optimizer = self._new_optimizer()
+        self.ddp = distributed.wrap(model, device)  # ``model`` itself on a single process
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.run.lr)
@@ -98,24 +106,35 @@ class Trainer:
             if run.reset_optimizer or k == 0:
                 self.optimizer = self._new_optimizer()
         bar = self._bar(total=n_iters, initial=pos.iters, desc=f"task {k + 1}/{self.stream.n_tasks}")
-        self.model.train()
-        while pos.iters < n_iters:
-            order = self._epoch_order(k, pos.epoch, len(data))
-            n_batches = math.ceil(len(data) / run.batch_size)
-            while pos.batch < n_batches and pos.iters < n_iters:
-                start = time.perf_counter()
-                idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
-                self._step(self._batch(data, idx), k)
-                pos.batch += 1
-                pos.iters += 1
-                pos.train_seconds += time.perf_counter() - start
-                bar.update(1)
-                if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
-                    self.checkpoint()
-            if pos.batch >= n_batches:
-                pos.epoch, pos.batch = pos.epoch + 1, 0
+        self.ddp.train()
+        with self._student_in_ddp():
+            while pos.iters < n_iters:
+                order = self._epoch_order(k, pos.epoch, len(data))
+                n_batches = math.ceil(len(data) / run.batch_size)
+                while pos.batch < n_batches and pos.iters < n_iters:
+                    start = time.perf_counter()
+                    idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
+                    self._step(self._batch(data, distributed.shard(idx)), k)  # this rank's share
+                    pos.batch += 1
+                    pos.iters += 1
+                    pos.train_seconds += time.perf_counter() - start
+                    bar.update(1)
+                    if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
+                        self.checkpoint()
+                if pos.batch >= n_batches:
+                    pos.epoch, pos.batch = pos.epoch + 1, 0
         bar.close()
         self.strategy.after_task(k)
+
+    @contextmanager
+    def _student_in_ddp(self) -> Iterator[None]:
+        """While iterations run, the strategy's student forward goes through the DDP wrapper (so
+        gradients are averaged over ranks); its other hooks (the teacher copy) see the plain module."""
+        self.strategy.model = self.ddp
+        try:
+            yield
+        finally:
+            self.strategy.model = self.model
 
     def _epoch_order(self, k: int, epoch: int, n: int) -> torch.Tensor:
         """The data order of one epoch, from a generator seeded by (seed, task, epoch)."""
@@ -133,41 +152,45 @@ class Trainer:
     def _step(self, x0: torch.Tensor, k: int) -> None:
         pos, run = self.pos, self.cfg.run
         loss, stats = self.strategy.loss(x0)
-        if not torch.isfinite(loss):
+        value, stats = _mean_over_ranks(loss, stats)  # the same on every rank: all skip, or none
+        if not math.isfinite(value):
             where = f"task {k + 1}, epoch {pos.epoch + 1}, iteration {pos.iters + 1}"
             if run.nan_policy == "skip":
                 pos.nan_skipped += 1
                 self.log(f"warning: non-finite loss at {where}; batch skipped (nan_policy=skip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 return
-            raise NumericalError(f"non-finite loss ({float(loss.detach())}) at {where}; the last good checkpoint is kept "
+            raise NumericalError(f"non-finite loss ({value}) at {where}; the last good checkpoint is kept "
                                  f"in {self.run_dir / 'ckpt'} (set nan_policy=skip to skip such batches)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if run.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), run.grad_clip)
         self.optimizer.step()
-        pos.loss_sum += float(loss.detach())
+        pos.loss_sum += value
         for key, v in stats.items():
             pos.stat_sums[key] = pos.stat_sums.get(key, 0.0) + v
 
     # ---- end of task ----------------------------------------------------------------------------
     def finish_task(self, k: int) -> None:
         """Sample grid, evaluation, metrics row, weights and checkpoint; then move to task k+1."""
-        pos = self.pos
+        pos, main = self.pos, distributed.is_main()
         start = time.perf_counter()
-        sample_grid(self.model, self.strategy.schedule, self.cfg, self.stream, self.device,
-                    self.run_dir / f"samples_task{k + 1}.png", title=f"{self.cfg.run.strategy} after task {k + 1}")
+        if main:
+            sample_grid(self.model, self.strategy.schedule, self.cfg, self.stream, self.device,
+                        self.run_dir / f"samples_task{k + 1}.png",
+                        title=f"{self.cfg.run.strategy} after task {k + 1}")
         sample_seconds = time.perf_counter() - start
         row = self._train_row(k, sample_seconds)
-        if self.evaluator is not None:
+        if self.evaluator is not None:  # every rank: it shards the sampling; rank 0 gets the metrics
             eval_row, per_task = self.evaluator.after_task(k, self.model)
             row.update(eval_row)
             pos.per_task_rows.extend({"strategy": self.cfg.run.strategy, **r} for r in per_task)
         pos.rows.append(row)
-        self.write_metrics()
-        save_weights(self.run_dir / f"model_task{k + 1}.safetensors", self.model,
-                     {"task": str(k + 1), "strategy": self.cfg.run.strategy})
+        if main:
+            self.write_metrics()
+            save_weights(self.run_dir / f"model_task{k + 1}.safetensors", self.model,
+                         {"task": str(k + 1), "strategy": self.cfg.run.strategy})
         self.pos = Position(task=k + 1, rows=pos.rows, per_task_rows=pos.per_task_rows)
         self.checkpoint()
         self.log(_summary(row))
@@ -175,14 +198,14 @@ class Trainer:
     def _train_row(self, k: int, sample_seconds: float) -> dict[str, Any]:
         pos = self.pos
         n = max(pos.iters - pos.nan_skipped, 1)
-        costs = self.strategy.costs()
+        costs = {key: v - pos.costs_at_start.get(key, 0) for key, v in self.strategy.costs().items()}
+        costs = _costs_over_ranks(costs)
         row: dict[str, Any] = {"task": k + 1, "classes": " ".join(map(str, self.stream.tasks[k].classes)),
                                "train_loss": pos.loss_sum / n, "train_iters": pos.iters}
         row.update({key: v / n for key, v in sorted(pos.stat_sums.items())})
         row.update({"nan_skipped": pos.nan_skipped, "train_seconds": pos.train_seconds,
                     "sample_seconds": sample_seconds})
-        for key, v in costs.items():
-            row[key] = v - pos.costs_at_start.get(key, 0)
+        row.update(costs)
         return row
 
     def write_metrics(self) -> None:
@@ -191,10 +214,11 @@ class Trainer:
             write_csv(self.run_dir / "per_task.csv", self.pos.per_task_rows)
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, ranks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Everything a resume needs; ``ranks``: every rank's :meth:`rank_state`, stacked (torchrun only)."""
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         np_state = np.random.get_state()
-        return {
+        state = {
             "position": asdict(self.pos),
             "counters": self.strategy.costs(),
             "model": self.model.state_dict(),
@@ -205,9 +229,28 @@ class Trainer:
                     "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                     "python": _py_state_to_json(random.getstate())},
         }
+        if ranks is not None:
+            state["ranks"] = ranks
+        return state
 
-    def checkpoint(self) -> Path:
-        return save_checkpoint(self.run_dir / "ckpt", self.state())
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        """What differs between data-parallel ranks: RNG states, and the teacher cost counters with
+        their values at the start of the task ([n_counters, 2]); CPU tensors."""
+        counters = [[v, self.pos.costs_at_start.get(key, 0)] for key, v in self.strategy.costs().items()]
+        out = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+               "counters": torch.tensor(counters, dtype=torch.float64)}
+        if self.device.type == "cuda":
+            out["cuda"] = torch.cuda.get_rng_state(self.device)
+        return out
+
+    def checkpoint(self) -> Path | None:
+        """Save a checkpoint (rank 0 writes it; under torchrun every rank must call this)."""
+        ranks = None
+        if distributed.world_size() > 1:
+            ranks = {key: distributed.all_gather_rows(v) for key, v in self.rank_state().items()}
+        if not distributed.is_main():
+            return None
+        return save_checkpoint(self.run_dir / "ckpt", self.state(ranks))
 
     def restore(self, warn: Callable[[str], None] = print) -> Path:
         """Load the newest good checkpoint of this run directory; returns its path."""
@@ -229,12 +272,53 @@ class Trainer:
         n = rng["numpy"]
         np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
         random.setstate(_py_state_from_json(rng["python"]))
+        if distributed.world_size() > 1:
+            self._restore_rank_state(state.get("ranks", {}), warn)
         return path
+
+    def _restore_rank_state(self, ranks: dict[str, torch.Tensor], warn: Callable[[str], None]) -> None:
+        """Take this rank's row of the checkpoint's per-rank states (rank 0's is also in ``rng``)."""
+        r, saved = distributed.rank(), len(ranks.get("generator", ()))
+        if saved != distributed.world_size():
+            warn(f"warning: the checkpoint was written by {saved or 1} process(es), this run has "
+                 f"{distributed.world_size()}; it continues, but will not match an uninterrupted run")
+        if r >= saved:
+            return  # keeps the fresh per-rank seeds of build_components
+        mine = {key: v[r].clone() for key, v in ranks.items()}  # set_state misreads a row view: copy it
+        self.generator.set_state(mine["generator"])
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        for key, (now, at_start) in zip(self.strategy.costs(), mine["counters"].tolist()):
+            kind = type(getattr(self.strategy.counters, key))
+            setattr(self.strategy.counters, key, kind(now))
+            self.pos.costs_at_start[key] = kind(at_start)
 
     def _bar(self, **kwargs: Any):
         from tqdm.auto import tqdm
 
         return tqdm(disable=not self.cfg.run.progress, leave=False, unit="it", **kwargs)
+
+
+def _mean_over_ranks(loss: torch.Tensor, stats: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """The loss and logged stats as floats, averaged over the data-parallel ranks (one all-reduce)."""
+    value = float(loss.detach())
+    if distributed.world_size() == 1:
+        return value, stats
+    keys = sorted(stats)
+    mean = distributed.all_reduce([value, *(stats[key] for key in keys)], "mean")
+    return mean[0], dict(zip(keys, mean[1:]))
+
+
+def _costs_over_ranks(costs: dict[str, float]) -> dict[str, float]:
+    """Per-task teacher costs of the whole data-parallel job: image evaluations summed over the
+    ranks (the work done), seconds and batched forwards their maximum (ranks run side by side)."""
+    if distributed.world_size() == 1:
+        return costs
+    total = distributed.all_reduce(list(costs.values()), "sum")
+    peak = distributed.all_reduce(list(costs.values()), "max")
+    return {key: type(v)(total[i] if key.endswith("_image_evals") else peak[i]) for i, (key, v) in
+            enumerate(costs.items())}
 
 
 def _py_state_to_json(state: tuple) -> list:

@@ -21,6 +21,10 @@ and computes:
 
 It writes ``class_hist_task{k+1}.png``, ``samples_task{k+1}.png`` (unless the trainer already drew
 it, from the same noise), ``eval_info.json`` and, if asked, TensorBoard scalars into ``run_dir``.
+Under torchrun each rank draws a contiguous slice of the sample indices (same per-index noise, so
+the samples do not depend on the number of ranks at eta 0) and rank 0 gathers them; everything
+after that runs on rank 0 while the other ranks wait at a barrier and get empty results.
+
 All randomness in ``after_task(k)`` comes from generators seeded by (run seed, k), so it gives the
 same numbers when re-run after :meth:`load_state_dict` of the state saved before it (calling it
 twice on one instance trains the solver twice). The solver's replayed samples are fresh for every
@@ -37,6 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import distributed
 from ..data import to_model_range, to_unit_range
 from ..diffusion import SAMPLERS
 from ..io import atomic_write_json
@@ -114,8 +119,14 @@ class Evaluator:
     def after_task(self, k: int, model: nn.Module) -> tuple[dict[str, float], list[dict]]:
         """Evaluate ``model`` (``model(x_t, t) -> eps``) after task ``k`` (0-based).
 
-        Returns the metrics-row additions and the per-task rows (one per seen task).
+        Returns the metrics-row additions and the per-task rows (one per seen task); on data-parallel
+        ranks other than 0, which only help with the sampling, ``({}, [])``.
         """
+        if not distributed.is_main():
+            if self.ev.eval_samples > 0:
+                self._generate(model)
+            distributed.barrier()  # while rank 0 evaluates
+            return {}, []
         start = time.perf_counter()
         self.prepare()
         assert self.clf is not None
@@ -135,20 +146,25 @@ class Evaluator:
         self._write_info(k)
         if self.ev.tensorboard:
             self._tensorboard().log(k + 1, row, per_task)
+        distributed.barrier()
         return row, per_task
 
     # ---- samples ---------------------------------------------------------------------------------------
     def _generate(self, model: nn.Module) -> torch.Tensor:
-        """``eval_samples`` samples as ``uint8 [N, C, H, W]`` (CPU); sample i from x_T seeded by (seed, i)."""
-        n, bs = self.ev.eval_samples, self.ev.eval_batch_size
-        chunks = []
+        """``eval_samples`` samples as ``uint8 [N, C, H, W]`` (CPU); sample i from x_T seeded by (seed, i).
+
+        Under torchrun each rank makes its slice of the indices and every rank gets all N in order.
+        """
+        first, end = distributed.shard_range(self.ev.eval_samples)
+        bs = self.ev.eval_batch_size
+        chunks = [torch.empty((0, *self.shape), dtype=torch.uint8)]
         with torch.inference_mode():
-            for lo in tqdm(range(0, n, bs), desc="evaluation samples", disable=not self.cfg.run.progress,
+            for lo in tqdm(range(first, end, bs), desc="evaluation samples", disable=not self.cfg.run.progress,
                            leave=False):
-                x = generate(model, self.schedule, self.cfg, self.shape, min(bs, n - lo), self.device,
+                x = generate(model, self.schedule, self.cfg, self.shape, min(bs, end - lo), self.device,
                              steps=self.ev.eval_steps, start=lo, batch_size=bs)
                 chunks.append(to_uint8(x))
-        return torch.cat(chunks)
+        return distributed.all_gather_cat(torch.cat(chunks))
 
     def _test_features(self, kind: str, j: int) -> torch.Tensor:
         """Features of task j's test images: ``kind`` = "clf" (classifier) or "inception"; cached."""

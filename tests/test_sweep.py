@@ -1,0 +1,84 @@
+"""Sweeps: the local executor writes one folder and manifest per run, skips complete runs and
+resumes interrupted ones; the Ray executor (when Ray is installed) lands the same folders; a
+missing Ray is a one-line error. The solver is off (``solver_epochs=0``) to keep the runs short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cl_diffusion import sweep
+from cl_diffusion.app import load_plugins
+
+from .conftest import REPO, dataset_available, read_csv
+
+load_plugins()
+needs_fmnist = pytest.mark.skipif(not dataset_available("fmnist-5"), reason="Fashion-MNIST not available")
+GRID = ["--benchmark", "fmnist-5", "--strategies", "finetune,gd", "--seeds", "0,1", "--profile", "smoke",
+        "--set", "solver_epochs=0"]
+FOLDERS = [f"fmnist-5/smoke/{s}/seed{k}" for s in ("finetune", "gd") for k in (0, 1)]
+
+
+def _complete(out: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(out)) for p in out.glob("*/*/*/*/manifest.json"))
+
+
+def _comparable(run_dir: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in read_csv(run_dir / "metrics.csv")]
+
+
+@needs_fmnist
+def test_local_sweep_skips_complete_and_resumes_interrupted(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert sweep.main([*GRID, "--out", str(out)]) == 0
+    assert _complete(out) == FOLDERS
+    manifest = json.loads((out / FOLDERS[3] / "manifest.json").read_text())
+    assert (manifest["status"], manifest["strategy"], manifest["seed"]) == ("complete", "gd", 1)
+    assert len(read_csv(out / FOLDERS[3] / "metrics.csv")) == 5
+
+    # interrupt one run after the fact: no manifest, and its newest checkpoint gone
+    run = out / FOLDERS[3]
+    before, weights = _comparable(run), (run / "model_task1.safetensors").stat().st_mtime_ns
+    (run / "manifest.json").unlink()
+    newest = max((run / "ckpt").glob("state-*.json"))
+    newest.unlink()
+    newest.with_suffix(".safetensors").unlink()
+    capsys.readouterr()
+    assert sweep.main([*GRID, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs, 3 complete, 1 to do" in printed and f"resuming {run}" in printed
+    assert (run / "model_task1.safetensors").stat().st_mtime_ns == weights  # resumed, not restarted
+    assert _comparable(run) == before and _complete(out) == FOLDERS
+
+    assert sweep.main([*GRID, "--out", str(out)]) == 0
+    assert "4 runs, 4 complete, 0 to do" in capsys.readouterr().out
+
+
+@needs_fmnist
+def test_missing_ray_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert sweep.main([*GRID, "--executor", "ray", "--out", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pip install" in err, err
+    assert not (tmp_path / "results").exists()
+
+
+@needs_fmnist
+def test_ray_sweep_lands_the_same_folders(tmp_path):
+    """A fresh local Ray instance (2 CPUs here), one CPU task per run: 2 runs at a time."""
+    pytest.importorskip("ray")
+    out = tmp_path / "results"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run([sys.executable, "-m", "cl_diffusion.sweep", *GRID, "--executor", "ray", "--address",
+                           "local", "--gpus-per-run", "0", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _complete(out) == FOLDERS
+    for folder in FOLDERS:
+        assert str(out / folder) in proc.stdout.splitlines()
+        assert len(read_csv(out / folder / "metrics.csv")) == 5
