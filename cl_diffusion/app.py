@@ -235,11 +235,11 @@ def print_list(out: Callable[[str], None] = print) -> None:
     out("strategies:")
     for name, cls in STRATEGIES.items():
         params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.default_params()))
-        out(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
+        out(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
             + (f"  [{params}]" if params else ""))
     out("benchmarks:")
     for name, spec in BENCHMARKS.items():
-        out(f"  {name:<10} {spec.description}")
+        out(f"  {name:<12} {spec.description}")
     out("models:")
     for name, n_params, desc in describe_models():
         out(f"  {name:<14} {n_params:>12,d} params  {desc}")

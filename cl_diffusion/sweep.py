@@ -19,14 +19,16 @@ needs this package installed (``pip install 'cl_diffusion[ray]'``).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import UserError
 from .run import _Parser, parse_sets
@@ -71,32 +73,53 @@ def is_complete(folder: Path) -> bool:
 
 
 def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) one spec into its folder and write its manifest. Returns the folder."""
+    """Run (or resume) one spec into its folder and write its manifest. Returns the folder.
+
+    A sibling lock file ``<folder>.lock`` is held for the whole run, so two sweeps over the same
+    results never work on (or delete) the same run: the second gets :class:`RunInUse`.
+    """
     from .app import resume_folder, run_config
+    from .io import atomic_write_json
     from .profiles import resolve_config
 
     folder = spec.folder(out)
     cfg = resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed,
                          out=str(folder.parent))
     start = time.time()
-    if (folder / "ckpt").is_dir() and (folder / "config.json").is_file():
-        log(f"[sweep] resuming {folder}")
-        resume_folder(folder, log=log)
-    else:
-        if folder.exists():
-            shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
-        run_config(cfg, log=log, run_dir=folder)
-    config = json.loads((folder / "config.json").read_text())
-    manifest = {"status": "complete", "command": spec.command(), "variant": spec.variant, "seed": spec.seed,
-                "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
-                "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
-                "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
-                "wall_seconds_this_session": round(time.time() - start, 1),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    from .io import atomic_write_json
-
-    atomic_write_json(folder / "manifest.json", manifest)
+    with _sweep_lock(folder):
+        if is_complete(folder):
+            return folder
+        if (folder / "ckpt").is_dir() and (folder / "config.json").is_file():
+            log(f"[sweep] resuming {folder}")
+            resume_folder(folder, log=log)
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
+            run_config(cfg, log=log, run_dir=folder)
+        config = json.loads((folder / "config.json").read_text())
+        manifest = {"status": "complete", "command": spec.command(), "variant": spec.variant, "seed": spec.seed,
+                    "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
+                    "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
+                    "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
+                    "wall_seconds_this_session": round(time.time() - start, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(folder / "manifest.json", manifest)
     return folder
+
+
+class RunInUse(UserError):
+    """Another process is working on this run folder."""
+
+
+@contextmanager
+def _sweep_lock(folder: Path) -> Iterator[None]:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUse(f"{folder} is being run by another process") from None
+        yield
 
 
 EXECUTORS = ("local", "ray")
@@ -205,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
         for i, spec in enumerate(todo, 1):
             print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
-            print(execute(spec, out))
+            try:
+                print(execute(spec, out))
+            except RunInUse as err:
+                print(f"[sweep] skipped: {err}")
         return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -82,3 +82,17 @@ def test_ray_sweep_lands_the_same_folders(tmp_path):
     for folder in FOLDERS:
         assert str(out / folder) in proc.stdout.splitlines()
         assert len(read_csv(out / folder / "metrics.csv")) == 5
+
+
+def test_sweep_skips_a_run_another_process_holds(tmp_path):
+    """Two sweeps over the same results never work on (or delete) the same run folder."""
+    from cl_diffusion.sweep import RunInUse, RunSpec, _sweep_lock, execute
+
+    spec = RunSpec("fmnist-5", "finetune", 0, "smoke", (), ())
+    folder = spec.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "partial.txt").write_text("another process's work")
+    with _sweep_lock(folder):
+        with pytest.raises(RunInUse):
+            execute(spec, tmp_path, log=lambda *_: None)
+    assert (folder / "partial.txt").is_file()

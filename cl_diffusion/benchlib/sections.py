@@ -18,7 +18,7 @@ import torch
 
 from ..models import MODELS, build_model, count_parameters
 from .flops import gemm_case
-from .timing import Log, Timings, interleave, paired_range, paired_ratio, time_call
+from .timing import Log, Timings, count_flops, interleave, paired_range, paired_ratio, time_call
 from .workloads import (SAMPLING_MODES, bench_config, build_diffusers, sampling_call, strategy_iteration,
                         train_step, variant_agreement)
 
@@ -139,7 +139,7 @@ def strategies_section(s: Settings, device: torch.device, log: Log) -> dict:
             d["time_ratio_range"] = paired_range(t, ft)
             d["flop_ratio_to_finetune"] = t.flop / ft.flop if t.flop and ft.flop else float("nan")
             d["time_over_flop_ratio"] = d["time_ratio_to_finetune"] / d["flop_ratio_to_finetune"]
-        d["params"] = {k: v for k, v in cfgs[name].to_dict().get("strategy_params", {}).items()}
+        d["params"] = cfgs[name].to_dict()["strategy_params"]
         res[name] = d
     gd, gr = tm["gd"], tm["gr"]
     del cases
@@ -159,6 +159,7 @@ def compile_section(s: Settings, device: torch.device, log: Log, skip_reason: st
     torch.manual_seed(s.seed)
     eager = build_model(s.preset, p.in_channels, cfg.run.image_size)
     step_eager = train_step(eager, "fp32", s.train_batch, cfg, device, s.seed)
+    flop = count_flops(step_eager)  # eager's count stands for both: the compiled graph does the same math
     log("compile: compiling the training step (first call) ...")
     start = time.perf_counter()
     try:
@@ -170,6 +171,8 @@ def compile_section(s: Settings, device: torch.device, log: Log, skip_reason: st
                 "seconds_until_failure": time.perf_counter() - start}
     tm = interleave({"eager": step_eager, "compiled": step_compiled}, repeats=s.repeats, warmup=s.warmup,
                     device=device, count=False, log=log, label="compile")
+    for t in tm.values():
+        t.flop = flop
     _release()
     return {"status": "measured", "mode": "default", "batch": s.train_batch, "first_call_seconds": first,
             "cases": {k: _case(t, s.train_batch) for k, t in tm.items()},
