@@ -32,7 +32,7 @@ from .errors import UserError
 # Sizes per (device type, quick): chosen so the full CPU run of paper-fmnist takes < 10 min on 2
 # (shared) cores and --quick about a minute; a GPU gets the paper's batch sizes.
 DEFAULTS: dict[tuple[str, bool], dict[str, int]] = {
-    ("cpu", False): dict(train_batch=16, sample_batch=8, strategy_batch=8, repeats=3, warmup=1,
+    ("cpu", False): dict(train_batch=16, sample_batch=8, strategy_batch=16, repeats=3, warmup=1,
                          gemm_size=2048, gemm_calls=3),
     ("cpu", True): dict(train_batch=4, sample_batch=2, strategy_batch=2, repeats=2, warmup=1,
                         gemm_size=1024, gemm_calls=2),
