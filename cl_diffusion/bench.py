@@ -29,8 +29,8 @@ import torch
 
 from .errors import UserError
 
-# Sizes per (device type, quick): chosen so the full CPU run of paper-fmnist takes < 10 min on 2
-# (shared) cores and --quick about a minute; a GPU gets the paper's batch sizes.
+# Sizes per (device type, quick): the full CPU run of paper-fmnist took 3-5 min with 1 thread on 2
+# shared cores (see docs/bench.md) and --quick about a minute; a GPU gets the paper's batch sizes.
 DEFAULTS: dict[tuple[str, bool], dict[str, int]] = {
     ("cpu", False): dict(train_batch=16, sample_batch=8, strategy_batch=16, repeats=3, warmup=1,
                          gemm_size=2048, gemm_calls=3),
