@@ -75,8 +75,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _best(summary: pd.DataFrame, col: str, lower: bool) -> set[str]:
-    means = summary[f"{col}_mean"].dropna()
+def _best(summary: pd.DataFrame, col: str, lower: bool, decimals: int) -> set[str]:
+    """Variants whose mean is best at the displayed precision (ties are all marked)."""
+    means = summary[f"{col}_mean"].dropna().round(decimals)
     if means.empty:
         return set()
     target = means.min() if lower else means.max()
@@ -97,7 +98,7 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
     headers = ["strategy", "seeds", *[h for _, h, *_ in METRICS]]
-    best = {col: _best(summary, col, lower) for col, _, lower, _ in METRICS}
+    best = {col: _best(summary, col, lower, dec) for col, _, lower, dec in METRICS}
     mark = {"markdown": "**{}**", "latex": "\\textbf{{{}}}", "csv": "{}*"}[fmt]
     body = []
     for _, r in summary.iterrows():
