@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, cli_main
 
 # Sizes per (device type, quick): the full CPU run of paper-fmnist took 3-5 min with 1 thread on 2
 # shared cores (see docs/bench.md) and --quick about a minute; a GPU gets the paper's batch sizes.
@@ -141,37 +141,31 @@ def result_path(out: Path, device: torch.device, preset: str, quick: bool) -> Pa
     return Path(out) / f"bench_{device.type}_{preset}{threads}{'_quick' if quick else ''}.json"
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    try:
-        args = build_parser().parse_args(argv)
-        from .app import load_plugins, resolve_device
-        from .benchlib.report import format_table
-        from .io import atomic_write_json
+    args = build_parser().parse_args(argv)
+    from .app import load_plugins, resolve_device
+    from .benchlib.report import format_table
+    from .io import atomic_write_json
 
-        load_plugins()
-        device = resolve_device(args.device)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UserError(f"bad value {args.threads} for --threads: must be >= 1")
-            torch.set_num_threads(args.threads)
-        settings, compile_reason = resolve_settings(args, device)
-        path = result_path(Path(args.out), device, settings.preset, args.quick)
-        res = run_bench(settings, device, compile_reason, log)
-        res["meta"]["command"] = "python -m cl_diffusion.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, res)
-        print(format_table(res))
-        print(path)
-        return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    load_plugins()
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"bad value {args.threads} for --threads: must be >= 1")
+        torch.set_num_threads(args.threads)
+    settings, compile_reason = resolve_settings(args, device)
+    path = result_path(Path(args.out), device, settings.preset, args.quick)
+    res = run_bench(settings, device, compile_reason, log)
+    res["meta"]["command"] = "python -m cl_diffusion.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, res)
+    print(format_table(res))
+    print(path)
+    return 0
 
 
 if __name__ == "__main__":

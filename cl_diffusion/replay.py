@@ -77,8 +77,6 @@ class DistillationStrategy(Strategy):
         teacher_steps: int = opt(2, "DDIM steps the teacher uses to generate replay (eta 0)", min=1)
 
     solver_mode: ClassVar[str] = "replay"
-    #: False for strategies whose replay input needs no generation (teacher_steps is then unused).
-    uses_generation: ClassVar[bool] = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -10,7 +10,6 @@ data-parallel over N processes (:mod:`cl_diffusion.distributed`); rank 0 prints 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence

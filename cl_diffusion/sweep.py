@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .errors import UserError
+from .errors import UserError, cli_main
 from .run import _Parser, parse_sets
 
 
@@ -202,40 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        from .app import load_plugins
-        from .profiles import resolve_config
+    args = build_parser().parse_args(argv)
+    from .app import load_plugins
+    from .profiles import resolve_config
 
-        load_plugins()
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"bad --seeds {args.seeds!r}: expected comma-separated integers") from None
-        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-        specs = expand(args.benchmark, strategies, seeds, args.profile, parse_sets(args.set), parse_grid(args.grid))
-        for spec in specs:  # validate every config before running anything
-            resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed)
-        out = Path(args.out)
-        todo = [s for s in specs if not is_complete(s.folder(out))]
-        print(f"[sweep] {len(specs)} runs, {len(specs) - len(todo)} complete, {len(todo)} to do")
-        if args.dry_run:
-            for spec in todo:
-                print(f"  todo: {spec.folder(out)}  ({spec.command()})")
-            return 0
-        if args.executor == "ray":
-            return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
-        for i, spec in enumerate(todo, 1):
-            print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
-            try:
-                print(execute(spec, out))
-            except RunInUse as err:
-                print(f"[sweep] skipped: {err}")
+    load_plugins()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"bad --seeds {args.seeds!r}: expected comma-separated integers") from None
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    specs = expand(args.benchmark, strategies, seeds, args.profile, parse_sets(args.set), parse_grid(args.grid))
+    for spec in specs:  # validate every config before running anything
+        resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed)
+    out = Path(args.out)
+    todo = [s for s in specs if not is_complete(s.folder(out))]
+    print(f"[sweep] {len(specs)} runs, {len(specs) - len(todo)} complete, {len(todo)} to do")
+    if args.dry_run:
+        for spec in todo:
+            print(f"  todo: {spec.folder(out)}  ({spec.command()})")
         return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.executor == "ray":
+        return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
+    for i, spec in enumerate(todo, 1):
+        print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
+        try:
+            print(execute(spec, out))
+        except RunInUse as err:
+            print(f"[sweep] skipped: {err}")
+    return 0
 
 
 if __name__ == "__main__":

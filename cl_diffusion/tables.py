@@ -19,7 +19,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .errors import UserError
+from .errors import UserError, cli_main
 from .run import _Parser
 
 #: (column in metrics.csv, table header, lower is better, decimals)
@@ -129,19 +129,16 @@ def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: 
     return "\n".join(parts)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = _Parser(prog="python -m cl_diffusion.tables", description=__doc__.split("\n")[0])
     p.add_argument("--benchmark")
     p.add_argument("--profile")
     p.add_argument("--format", default="markdown", help="markdown | latex | csv")
     p.add_argument("--results", default="results", help="results folder (default results/)")
-    try:
-        args = p.parse_args(argv)
-        sys.stdout.write(build_table(Path(args.results), args.benchmark, args.profile, args.format))
-        return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = p.parse_args(argv)
+    sys.stdout.write(build_table(Path(args.results), args.benchmark, args.profile, args.format))
+    return 0
 
 
 if __name__ == "__main__":

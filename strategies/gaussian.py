@@ -9,7 +9,6 @@ class GaussianDistillation(DistillationStrategy):
     """Gaussian distillation: pure noise inputs, target = teacher's eps."""
 
     defaults = {"lambda": 8.0}
-    uses_generation = False
 
     def replay_pair(self, x0, x_t, t):
         x_r = self.randn_like(x0)

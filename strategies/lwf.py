@@ -9,7 +9,6 @@ class LwFDistillation(DistillationStrategy):
     """LwF-like distillation: current batch's x_t, target = teacher's eps."""
 
     defaults = {"lambda": 1.25}
-    uses_generation = False
 
     def replay_pair(self, x0, x_t, t):
         return x_t, t, self.teacher.eps(x_t, t)
