@@ -59,6 +59,7 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
     """Build data, model, schedule, strategy and evaluator; UserError on incompatible settings."""
     from .diffusion import NoiseSchedule
     from .evaluation.evaluator import Evaluator
+    from .execution import Execution
     from .models import build_model
     from .strategy import STRATEGIES
     from .stream import BENCHMARKS
@@ -71,7 +72,7 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
         raise UserError(f"bad value {run.batch_size} for batch_size: larger than the smallest task's training "
                         f"set ({stream.min_task_train_size} images); choose batch_size <= {stream.min_task_train_size}")
     torch.manual_seed(derived_seed(run.seed, 0))
-    model = build_model(run.model, stream.channels, run.image_size).to(device)
+    model = Execution.resolve(run, device).prepare(build_model(run.model, stream.channels, run.image_size).to(device))
     schedule = NoiseSchedule.from_config(run).to(device)
     rank = distributed.rank()  # rank 0 draws exactly what a single process draws; the others their own
     if rank > 0:
@@ -138,7 +139,10 @@ def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | 
             _remove_if_empty(run_dir)
         raise
     if distributed.is_main():
+        from .execution import Execution
+
         meta = provenance(str(comps.device))
+        meta["execution"] = Execution.resolve(cfg.run, comps.device).describe()
         if distributed.world_size() > 1:
             meta["world_size"] = distributed.world_size()
         atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=meta))

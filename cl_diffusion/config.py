@@ -60,6 +60,13 @@ class RunConfig:
     reset_optimizer: bool = options.opt(True, "reset Adam state at each task boundary (as the paper's code)")
     nan_policy: str = options.opt("stop", "on a NaN/inf loss: 'stop' the run or 'skip' the batch",
                                   choices=("stop", "skip"))
+    # --- execution (cl_diffusion.execution: same results within a tested tolerance) -----------
+    memory_format: str = options.opt("auto", "conv memory format; auto = channels_last",
+                                     choices=("auto", "channels_last", "contiguous"))
+    precision: str = options.opt("auto", "network precision; auto = bf16 autocast where bf16 is native, else fp32",
+                                 choices=("auto", "fp32", "bf16"))
+    compile: str = options.opt("auto", "torch.compile the eps-networks; auto = on for CUDA, off for CPU",
+                               choices=("auto", "on", "off"))
     # --- outputs -------------------------------------------------------------------------------
     grid_samples: int = options.opt(64, "samples in the PNG grid written after each task", min=1)
     checkpoint_every: int = options.opt(0, "also checkpoint every K iterations; 0 = only at task ends", min=0)

@@ -11,7 +11,6 @@ theta' at every iteration. Each strategy defines only :meth:`DistillationStrateg
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
@@ -21,6 +20,7 @@ from torch import nn
 
 from .diffusion import ddim_sample, q_sample, sample_timesteps
 from .diffusion.schedule import NoiseSchedule
+from .execution import Execution
 from .options import opt
 from .strategy import CostCounters, Strategy
 
@@ -34,8 +34,8 @@ class Teacher:
     """
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, steps: int, spacing: str, clip_x0: bool,
-                 counters: CostCounters) -> None:
-        self.net = copy.deepcopy(model).eval().requires_grad_(False)
+                 counters: CostCounters, execution: Execution | None = None) -> None:
+        self.net = (execution or Execution()).frozen_copy(model)
         self.schedule, self.steps, self.spacing, self.clip_x0 = schedule, steps, spacing, clip_x0
         self.counters = counters
 
@@ -132,7 +132,8 @@ class DistillationStrategy(Strategy):
     # ---- teacher lifecycle ----------------------------------------------------------------------
     def _new_teacher(self) -> Teacher:
         run = self.cfg.run
-        return Teacher(self.model, self.schedule, self.params.teacher_steps, run.spacing, run.clip_x0, self.counters)
+        return Teacher(self.model, self.schedule, self.params.teacher_steps, run.spacing, run.clip_x0, self.counters,
+                       Execution.resolve(run, self.device))
 
     def after_task(self, k: int) -> None:
         """Freeze the model into the next task's teacher theta'."""

@@ -14,6 +14,7 @@ from torch import nn
 from .config import Config
 from .diffusion import SAMPLERS
 from .diffusion.schedule import NoiseSchedule
+from .execution import Execution
 from .stream import TaskStream
 
 
@@ -39,12 +40,13 @@ def generate(model: nn.Module, schedule: NoiseSchedule, cfg: Config, shape: tupl
     was_training = model.training
     model.eval()
     chunks = []
-    for lo in range(0, n, batch_size):
-        m = min(batch_size, n - lo)
-        x_T = per_index_noise(run.seed, start + lo, m, shape, device)
-        g = torch.Generator(device=device).manual_seed(run.seed + start + lo)
-        chunks.append(SAMPLERS[sampler](model, schedule, x_T, steps=steps, eta=run.eta, spacing=run.spacing,
-                                        clip_x0=run.clip_x0, generator=g).cpu())
+    with Execution.resolve(run, torch.device(device)).autocast():
+        for lo in range(0, n, batch_size):
+            m = min(batch_size, n - lo)
+            x_T = per_index_noise(run.seed, start + lo, m, shape, device)
+            g = torch.Generator(device=device).manual_seed(run.seed + start + lo)
+            chunks.append(SAMPLERS[sampler](model, schedule, x_T, steps=steps, eta=run.eta, spacing=run.spacing,
+                                            clip_x0=run.clip_x0, generator=g).float().cpu())
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty((0, *shape))
 

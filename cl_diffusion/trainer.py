@@ -30,6 +30,7 @@ from . import distributed
 from .checkpoint import load_latest, save_checkpoint, save_weights
 from .config import Config
 from .data import LabeledImages, to_model_range
+from .execution import Execution
 from .io import write_csv
 from .sampling import sample_grid
 from .strategy import Strategy
@@ -77,6 +78,7 @@ class Trainer:
         self.pos = Position()
         self.optimizer = self._new_optimizer()
         self.ddp = distributed.wrap(model, device)  # ``model`` itself on a single process
+        self.execution = Execution.resolve(cfg.run, device)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.run.lr)
@@ -151,7 +153,8 @@ class Trainer:
 
     def _step(self, x0: torch.Tensor, k: int) -> None:
         pos, run = self.pos, self.cfg.run
-        loss, stats = self.strategy.loss(x0)
+        with self.execution.autocast():  # the backward pass runs outside, as autocast asks
+            loss, stats = self.strategy.loss(x0)
         value, stats = _mean_over_ranks(loss, stats)  # the same on every rank: all skip, or none
         if not math.isfinite(value):
             where = f"task {k + 1}, epoch {pos.epoch + 1}, iteration {pos.iters + 1}"

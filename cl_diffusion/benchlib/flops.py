@@ -11,8 +11,7 @@ from typing import Callable
 
 import torch
 
-#: CPU flags that give native bf16 arithmetic (AVX-512 BF16, AMX tiles with bf16).
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+from ..execution import BF16_CPU_FLAGS, cpu_flags, native_bf16
 
 
 def gemm_case(n: int, calls: int, device: torch.device,
@@ -28,16 +27,6 @@ def gemm_case(n: int, calls: int, device: torch.device,
             torch.mm(a, b, out=c)
 
     return run
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _cpu_name() -> str:
@@ -59,12 +48,12 @@ def device_info(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
         return {"name": torch.cuda.get_device_name(device), "capability": f"sm_{cap[0]}{cap[1]}",
-                "native_bf16": bool(torch.cuda.is_bf16_supported()), "bf16_flags": [],
+                "native_bf16": native_bf16(device), "bf16_flags": [],
                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                 "tf32_cudnn": torch.backends.cudnn.allow_tf32,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    flags = _cpu_flags()
+    flags = cpu_flags()
     found = sorted(f for f in BF16_CPU_FLAGS if f in flags)
     return {"name": _cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bool(found), "bf16_flags": found,
+            "native_bf16": native_bf16(device), "bf16_flags": found,
             "avx512": sorted(f for f in flags if f.startswith("avx512"))}

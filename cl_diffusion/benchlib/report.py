@@ -97,6 +97,10 @@ def format_table(res: dict[str, Any]) -> str:
         ref = (f"time x{d.get('time_ratio_to_finetune', float('nan')):.3f} of finetune, "
                f"FLOPs x{d.get('flop_ratio_to_finetune', float('nan')):.3f}")
         row("strategy", name, d, st["batch"], ref)
+    if "execution" in st:
+        ex = st["execution"]
+        lines.append(f"{'strategy':<11}run with the device's default execution options: {ex['memory_format']}, "
+                     f"{ex['precision']}, compile {'on' if ex['compile'] else 'off'}")
     co = res["compile"]
     if co["status"] == "measured":
         row("compile", "torch.compile fp32 step", co["cases"]["compiled"], co["batch"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..execution import Execution
 from ..models import MODELS, build_model, count_parameters
 from .flops import gemm_case
 from .timing import Log, Timings, count_flops, interleave, paired_range, paired_ratio, time_call
@@ -144,7 +145,8 @@ def strategies_section(s: Settings, device: torch.device, log: Log) -> dict:
     gd, gr = tm["gd"], tm["gr"]
     del cases
     _release()
-    return {"batch": s.strategy_batch, "task_index": 1, "repeats": s.repeats, "cases": res,
+    execution = Execution.resolve(cfgs["finetune"].run, device).describe()
+    return {"batch": s.strategy_batch, "task_index": 1, "repeats": s.repeats, "execution": execution, "cases": res,
             "gd_time_over_gr": paired_ratio(gd, gr), "gd_time_over_gr_range": paired_range(gd, gr),
             "gd_flop_over_gr": gd.flop / gr.flop if gd.flop and gr.flop else float("nan")}
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import Config, RunConfig
 from ..diffusion import NoiseSchedule, ddim_sample
+from ..execution import Execution
 from ..models import MODELS, UNetPreset, build_model
 from ..profiles import resolve_config
 
@@ -146,14 +147,15 @@ def strategy_iteration(name: str, preset: str, batch: int, device: torch.device,
     """One training iteration of registered strategy ``name`` on task 2 (a teacher exists).
 
     Built as :func:`cl_diffusion.app.build_components` builds a run (real Config, preset, schedule,
-    strategy); the teacher is frozen with ``after_task(0)`` and ``task_index = 1``.
+    strategy, the device's default execution options); the teacher is frozen with ``after_task(0)`` and ``task_index = 1``.
     """
     from ..strategy import STRATEGIES
 
     cfg = bench_config(preset, name, batch_size=batch, device=device.type, seed=seed)
     run, p = cfg.run, MODELS.get(preset)
     torch.manual_seed(seed)
-    model = build_model(run.model, p.in_channels, run.image_size).to(device).train()
+    execution = Execution.resolve(run, device)  # the run's own defaults for this device, as a run gets them
+    model = execution.prepare(build_model(run.model, p.in_channels, run.image_size).to(device).train())
     schedule = NoiseSchedule.from_config(run).to(device)
     generator = torch.Generator(device=device).manual_seed(seed + 1)
     strategy = STRATEGIES.get(name)(model, schedule, cfg, generator, device)
@@ -162,7 +164,12 @@ def strategy_iteration(name: str, preset: str, batch: int, device: torch.device,
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
     g = torch.Generator().manual_seed(seed + 2)
     x0 = (torch.rand(batch, p.in_channels, run.image_size, run.image_size, generator=g) * 2 - 1).to(device)
-    return _optimizer_step(model, optimizer, lambda: strategy.loss(x0)[0], run.grad_clip), cfg
+
+    def loss() -> torch.Tensor:
+        with execution.autocast():
+            return strategy.loss(x0)[0]
+
+    return _optimizer_step(model, optimizer, loss, run.grad_clip), cfg
 
 
 # ---- sampling ------------------------------------------------------------------------------------

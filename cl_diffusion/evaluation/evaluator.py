@@ -32,7 +32,6 @@ batch (the paper), or drawn from a pool of ``solver_replay_pool`` samples made o
 """
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..data import to_model_range, to_unit_range
 from ..diffusion import SAMPLERS
+from ..execution import Execution
 from ..io import atomic_write_json
 from ..sampling import generate, save_grid
 from . import seeding
@@ -247,10 +247,10 @@ class Evaluator:
 
         def fresh(m: int) -> torch.Tensor:
             x_T = torch.randn((m, *self.shape), generator=g_noise).to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), self._execution().autocast():
                 x = sampler(gen, self.schedule, x_T, steps=self.ev.eval_steps, eta=run.eta, spacing=run.spacing,
                             clip_x0=run.clip_x0, generator=g_eta)
-            return x.clamp(-1.0, 1.0)
+            return x.float().clamp(-1.0, 1.0)
 
         size, bs = self.ev.solver_replay_pool, self.ev.eval_batch_size
         if size == 0:
@@ -261,9 +261,9 @@ class Evaluator:
 
     def _previous_generator(self, model: nn.Module) -> nn.Module:
         if self.prev_generator is None and self._pending_generator is not None:
-            gen = copy.deepcopy(model)
+            gen = self._execution().frozen_copy(model)
             gen.load_state_dict(self._pending_generator)
-            self.prev_generator, self._pending_generator = gen.eval().requires_grad_(False), None
+            self.prev_generator, self._pending_generator = gen, None
         if self.prev_generator is None:
             raise RuntimeError("replay solver: no generator from the previous task (after_task was not called "
                                "for it, and no evaluator state was loaded)")
@@ -274,8 +274,11 @@ class Evaluator:
         if self.solver is None or self.solver_mode != "replay" or k + 1 >= self.stream.n_tasks:
             self.prev_generator = self._pending_generator = None
             return
-        self.prev_generator = copy.deepcopy(model).eval().requires_grad_(False)
+        self.prev_generator = self._execution().frozen_copy(model)
         self._pending_generator = None
+
+    def _execution(self) -> Execution:
+        return Execution.resolve(self.cfg.run, self.device)
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def _write_pngs(self, k: int, samples: torch.Tensor, p_true: torch.Tensor, p_gen: torch.Tensor,
