@@ -41,3 +41,26 @@ def dataset_available(benchmark: str) -> bool:
 @pytest.fixture(scope="session")
 def run_dirs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets: extra intra-op threads only fight other processes for the CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_local_data(tmp_path, monkeypatch):
+    """No env data root, an empty system root, a private cache, no downloads, no ./data."""
+    from cl_diffusion import data as D
+
+    monkeypatch.delenv("CL_DIFFUSION_DATA", raising=False)
+    monkeypatch.setenv("CL_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CL_DIFFUSION_NO_DOWNLOAD", "1")
+    monkeypatch.setattr(D, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
+    monkeypatch.chdir(tmp_path)

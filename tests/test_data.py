@@ -24,14 +24,7 @@ HAVE_REAL_FMNIST = (REAL_FMNIST / "train-images-idx3-ubyte.gz").is_file()
 IDX_STEMS = list(D._IDX_FILES.values())
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No env data root, an empty system root, a private cache, and no download attempts."""
-    monkeypatch.delenv("CL_DIFFUSION_DATA", raising=False)
-    monkeypatch.setenv("CL_DIFFUSION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CL_DIFFUSION_NO_DOWNLOAD", "1")
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
-    monkeypatch.chdir(tmp_path)  # no ./data of the checkout
+pytestmark = pytest.mark.usefixtures("no_local_data")
 
 
 # --------------------------------------------------------------------------------------------

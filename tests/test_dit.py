@@ -16,13 +16,7 @@ from .conftest import dataset_available, read_csv
 load_plugins()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: extra intra-op threads only fight other processes for the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_presets_are_registered_with_native_shapes() -> None:

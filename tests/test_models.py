@@ -11,13 +11,7 @@ PAPER_FMNIST_PARAMS = 42_855_873  # diffusers UNet2DModel, paper FMNIST config, 
 PAPER_CIFAR10_PARAMS = 35_746_307  # diffusers UNet2DModel, paper CIFAR-10 config, in_channels=3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: extra intra-op threads only fight other processes for the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_parameter_counts() -> None:

@@ -25,18 +25,7 @@ load_plugins()
 CIFAR100 = list(D.DATASETS["cifar-100"].class_names)
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No env data root, an empty system root, a private cache, no downloads, one thread."""
-    monkeypatch.delenv("CL_DIFFUSION_DATA", raising=False)
-    monkeypatch.setenv("CL_DIFFUSION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CL_DIFFUSION_NO_DOWNLOAD", "1")
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
-    monkeypatch.chdir(tmp_path)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("no_local_data", "one_thread")
 
 
 def write_folder(root: Path, names: list[str], n_train: int, n_test: int, size: int | tuple[int, int],
