@@ -28,7 +28,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_runs(results: str, benchmark: str, profile: str) -> pd.DataFrame:
-    """All per-task rows of complete runs, with variant, strategy, seed and grid columns added."""
+    """All per-task rows of complete runs, with variant, strategy, seed, ``grid_<key>`` (the sweep's
+    ``--grid`` values) and ``param_<key>`` (the run's strategy parameters, from config.json) columns."""
     frames = []
     for manifest in sorted(Path(results).glob(f"{benchmark}/{profile}/*/seed*/manifest.json")):
         m = json.loads(manifest.read_text())
@@ -39,6 +40,9 @@ def load_runs(results: str, benchmark: str, profile: str) -> pd.DataFrame:
         df["run_dir"] = str(manifest.parent)
         for k, v in m.get("grid", {}).items():
             df[f"grid_{k}"] = v
+        params = json.loads((manifest.parent / "config.json").read_text()).get("strategy_params", {})
+        for k, v in params.items():  # e.g. teacher_steps, lambda: also for runs at their defaults
+            df[f"param_{k}"] = v
         frames.append(df)
     if not frames:
         raise SystemExit(f"no complete runs under {results}/{benchmark}/{profile}: run the sweep first")
