@@ -11,5 +11,6 @@ for n_tasks in (10, 20):
         name=f"cifar100-{n_tasks}", dataset="cifar-100", n_tasks=n_tasks, image_size=32, hflip=True,
         description=f"CIFAR-100, {n_tasks} tasks x {100 // n_tasks} classes, 3x32x32, random horizontal flips",
         paper=CIFAR10_5.paper,  # epochs 200, batch 64, 20 DDIM steps, paper-cifar10 UNet
+        profiles=CIFAR10_5.profiles,  # the quick profile's longer-trained classifier
     )
     BENCHMARKS.add(spec.name, spec)

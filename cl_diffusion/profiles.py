@@ -5,7 +5,8 @@
 how its resolved config differs from the paper's (:func:`paper_diff`).
 
 Resolution order: field defaults -> benchmark ``paper`` overrides -> the strategy's paper
-defaults for that benchmark -> profile overrides -> ``--set`` values.
+defaults for that benchmark -> profile overrides -> the benchmark's overrides for that profile
+(``BenchmarkSpec.profiles``) -> ``--set`` values.
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ def resolve_config(strategy: str, benchmark: str, profile: str = "paper",
     _apply(cfg, spec.paper, f"benchmark {benchmark}")
     _apply(cfg, strategy_cls.paper_params.get(benchmark, {}), f"strategy {strategy}")
     _apply(cfg, prof.overrides, f"profile {profile}")
+    _apply(cfg, spec.profiles.get(profile, {}), f"benchmark {benchmark} at profile {profile}")
     _apply(cfg, {k: v for k, v in run_fields.items() if v is not None}, "option")
     _apply(cfg, list(sets), "--set")
     cfg.validate()

@@ -92,6 +92,9 @@ class BenchmarkSpec:
         description: one line for ``--list``.
         paper: the paper protocol's option overrides for this benchmark (option key -> value);
             a private copy of the dict given, to be treated as read-only.
+        profiles: per scaled-down profile, overrides applied after that profile's own
+            (profile name -> option key -> value), e.g. a longer-trained evaluation classifier
+            where the profile's default is too weak for this dataset.
     """
 
     name: str
@@ -101,9 +104,11 @@ class BenchmarkSpec:
     hflip: bool = False
     description: str = ""
     paper: Mapping[str, Any] = field(default_factory=dict)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paper", dict(self.paper))
+        object.__setattr__(self, "profiles", {k: dict(v) for k, v in self.profiles.items()})
 
     def load(self, run_cfg: "RunConfig") -> DatasetSplits:
         """The dataset's splits (any resolution; :meth:`build` resizes). Subclasses may override."""

@@ -208,3 +208,15 @@ def test_folder_smoke_run(tmp_path, monkeypatch):
     rows = read_csv(run_dir / "metrics.csv")
     assert [int(r["task"]) for r in rows] == [1, 2, 3] and int(rows[1]["teacher_image_evals"]) > 0
     assert len(read_csv(run_dir / "per_task.csv")) == 6
+
+
+def test_benchmark_profile_overrides_apply_after_the_profile_and_before_set() -> None:
+    from cl_diffusion.profiles import resolve_config
+
+    assert BENCHMARKS.get("cifar10-5").profiles["quick"] == {"clf_iters": 3000, "clf_batch_size": 128}
+    cifar = resolve_config("gd", "cifar10-5", "quick")
+    assert (cifar.eval.clf_iters, cifar.eval.clf_batch_size, cifar.eval.classifier) == (3000, 128, "cnn")
+    fmnist = resolve_config("gd", "fmnist-5", "quick")
+    assert (fmnist.eval.clf_iters, fmnist.eval.clf_batch_size) == (0, 0)  # the cnn preset's 500 x 64
+    assert resolve_config("gd", "cifar10-5", "smoke").eval.clf_iters == 0  # only the quick profile
+    assert resolve_config("gd", "cifar10-5", "quick", [("clf_iters", "7")]).eval.clf_iters == 7
