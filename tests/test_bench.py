@@ -14,7 +14,9 @@ from cl_diffusion.app import load_plugins
 from cl_diffusion.bench import main
 from cl_diffusion.benchlib import sections
 from cl_diffusion.benchlib.timing import interleave
-from cl_diffusion.benchlib.workloads import TOLERANCES, bench_config, diffusers_config, variant_agreement
+from cl_diffusion.benchlib.workloads import (TOLERANCES, bench_config, default_variant, diffusers_config,
+                                             variant_agreement)
+from cl_diffusion.execution import Execution
 from cl_diffusion.models import MODELS, build_model, count_parameters
 
 TINY = ["--device", "cpu", "--preset", "tiny", "--quick", "--repeats", "1", "--threads", "1"]
@@ -49,7 +51,10 @@ def test_quick_bench_writes_every_section(tmp_path, keep_threads, capsys):
     if train["diffusers"]["status"] == "measured":
         names.add("diffusers_fp32")
         assert train["parameters"]["diffusers_fp32"] == train["parameters"]["ours_fp32"]
-    assert set(train["cases"]) == names
+    assert set(train["cases"]) == names | {f"ours_{train['default_variant']}"}
+    run = bench_config("tiny").run  # the strategies and the default variant follow the run defaults
+    assert res["strategies"]["execution"] == Execution.resolve(run, torch.device("cpu")).describe()
+    assert train["default_variant"] == default_variant(run, torch.device("cpu"))
     for case in train["cases"].values():
         for key in ("median_s", "images_per_s", "flop", "achieved_flops_per_s", "fraction_of_gemm"):
             assert _positive(case[key]), (key, case)
@@ -67,7 +72,10 @@ def test_quick_bench_writes_every_section(tmp_path, keep_threads, capsys):
             assert _positive(case[key]), (key, case)
     assert strat["gd"]["params"]["teacher_steps"] == 2
     assert res["compile"]["status"] == "skipped" and res["compile"]["reason"]
-    assert len(res["targets"]) == 5 and all(t["met"] in (True, False, None) for t in res["targets"])
+    measured = train["diffusers"]["status"] == "measured"
+    assert len(res["targets"]) == (6 if measured else 5) and all(t["met"] in (True, False, None) for t in res["targets"])
+    if measured:
+        assert _positive(train["default_over_diffusers"]) and "as runs execute it" in out
 
 
 @pytest.mark.parametrize("argv, message", [

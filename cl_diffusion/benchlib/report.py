@@ -32,6 +32,12 @@ def judge_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_target("fp32 training step time, ours / diffusers", nan, MAX_OURS_OVER_DIFFUSERS, "<=",
                            train["diffusers"].get("reason", "")))
+    if "default_over_diffusers" in train:
+        dv = train["default_variant"]
+        out.append(_target(f"training step time, ours as runs execute it ({dv}) / diffusers fp32",
+                           train["default_over_diffusers"], MAX_OURS_OVER_DIFFUSERS, "<=",
+                           f"per-round range {_fmt_range(train['default_over_diffusers_range'])}; "
+                           + ("bf16 autocast" if "bf16" in dv else "the same fp32 arithmetic")))
     out.append(_target("achieved model FLOP/s / dense-GEMM FLOP/s (ours fp32 training step)",
                        cases["ours_fp32"].get("fraction_of_gemm", nan), MIN_GEMM_FRACTION, ">="))
     bf16_note = "" if dev["native_bf16"] else (

@@ -20,8 +20,8 @@ from ..execution import Execution
 from ..models import MODELS, build_model, count_parameters
 from .flops import gemm_case
 from .timing import Log, Timings, count_flops, interleave, paired_range, paired_ratio, time_call
-from .workloads import (SAMPLING_MODES, bench_config, build_diffusers, sampling_call, strategy_iteration,
-                        train_step, variant_agreement)
+from .workloads import (SAMPLING_MODES, bench_config, build_diffusers, default_variant, sampling_call,
+                        strategy_iteration, train_step, variant_agreement)
 
 DIFFUSERS_MISSING = "diffusers is not installed (install the benchmark extra: pip install -e '.[bench]')"
 STRATEGY_NAMES = ("finetune", "gr", "gd")
@@ -82,6 +82,9 @@ def train_section(s: Settings, device: torch.device, log: Log) -> dict:
         diffusers = {"status": "skipped", "reason": str(err)}
     models["ours_channels_last"] = (copy.deepcopy(ours), "channels_last")
     models["ours_bf16"] = (copy.deepcopy(ours), "bf16")
+    default = default_variant(cfg.run, device)  # the variant runs use on this device
+    if f"ours_{default}" not in models:
+        models[f"ours_{default}"] = (copy.deepcopy(ours), default)
     params = {name: count_parameters(m) for name, (m, _) in models.items()}
     cases = {"gemm": gemm_case(s.gemm_size, s.gemm_calls, device)}
     cases.update({name: train_step(m, variant, s.train_batch, cfg, device, s.seed)
@@ -97,6 +100,10 @@ def train_section(s: Settings, device: torch.device, log: Log) -> dict:
     # speed-up of each case over ours fp32: median over rounds of t(ours fp32) / t(case)
     out["speedup_vs_ours_fp32"] = {name: paired_ratio(ref, t) for name, t in tm.items() if name != "ours_fp32"}
     out["speedup_range_vs_ours_fp32"] = {name: paired_range(ref, t) for name, t in tm.items() if name != "ours_fp32"}
+    out["default_variant"] = default
+    if "diffusers_fp32" in tm:  # time of our step as runs execute it by default / diffusers' fp32 step
+        out["default_over_diffusers"] = paired_ratio(tm[f"ours_{default}"], tm["diffusers_fp32"])
+        out["default_over_diffusers_range"] = paired_range(tm[f"ours_{default}"], tm["diffusers_fp32"])
     del models, cases, ours
     _release()
     return out

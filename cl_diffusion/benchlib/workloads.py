@@ -29,16 +29,23 @@ TOLERANCES = {"channels_last": 1e-5, "bf16": 2e-2}
 Step = Callable[[], None]
 
 
+def default_variant(run: RunConfig, device: torch.device) -> str:
+    """The variant a run uses on ``device`` by default (its resolved execution options)."""
+    ex = Execution.resolve(run, device)
+    return {(False, False): "fp32", (True, False): "channels_last", (False, True): "bf16",
+            (True, True): "channels_last_bf16"}[ex.channels_last, ex.bf16]
+
+
 def autocast(device: torch.device, variant: str) -> ContextManager:
-    """bf16 autocast for the ``bf16`` variant, else nothing."""
-    if variant == "bf16":
+    """bf16 autocast for the ``bf16`` variants, else nothing."""
+    if variant.endswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def in_variant(model: nn.Module, x: torch.Tensor, variant: str) -> tuple[nn.Module, torch.Tensor]:
     """The model (in place) and input ``[B, C, H, W]`` in the variant's memory format."""
-    if variant == "channels_last":
+    if variant.startswith("channels_last"):
         return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     return model, x
 
