@@ -79,18 +79,19 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Pat
     results never work on (or delete) the same run: the second gets :class:`RunInUse`.
     """
     from .app import resume_folder, run_config
-    from .io import atomic_write_json
+    from .io import atomic_write_json, git_commit
     from .profiles import resolve_config
 
     folder = spec.folder(out)
     cfg = resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed,
                          out=str(folder.parent))
-    start = time.time()
+    start, resumed_by = time.time(), None
     with _sweep_lock(folder):
         if is_complete(folder):
             return folder
         if (folder / "ckpt").is_dir() and (folder / "config.json").is_file():
             log(f"[sweep] resuming {folder}")
+            resumed_by = git_commit()  # the code that finished the run, next to the one that started it
             resume_folder(folder, log=log)
         else:
             if folder.exists():
@@ -102,6 +103,7 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Pat
                     "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
                     "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
                     "wall_seconds_this_session": round(time.time() - start, 1),
+                    **({"resumed_by_commit": resumed_by} if resumed_by else {}),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(folder / "manifest.json", manifest)
     return folder

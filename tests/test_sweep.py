@@ -54,6 +54,8 @@ def test_local_sweep_skips_complete_and_resumes_interrupted(tmp_path, capsys):
     assert "4 runs, 3 complete, 1 to do" in printed and f"resuming {run}" in printed
     assert (run / "model_task1.safetensors").stat().st_mtime_ns == weights  # resumed, not restarted
     assert _comparable(run) == before and _complete(out) == FOLDERS
+    resumed = json.loads((run / "manifest.json").read_text())
+    assert resumed["resumed_by_commit"] and "resumed_by_commit" not in manifest
 
     assert sweep.main([*GRID, "--out", str(out)]) == 0
     assert "4 runs, 4 complete, 0 to do" in capsys.readouterr().out
