@@ -53,6 +53,7 @@ class Components:
     schedule: Any
     strategy: Any
     evaluator: Any
+    execution: Any  # cl_diffusion.execution.Execution resolved for ``device``
 
 
 def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> Components:
@@ -72,7 +73,8 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
         raise UserError(f"bad value {run.batch_size} for batch_size: larger than the smallest task's training "
                         f"set ({stream.min_task_train_size} images); choose batch_size <= {stream.min_task_train_size}")
     torch.manual_seed(derived_seed(run.seed, 0))
-    model = Execution.resolve(run, device).prepare(build_model(run.model, stream.channels, run.image_size).to(device))
+    execution = Execution.resolve(run, device)
+    model = execution.prepare(build_model(run.model, stream.channels, run.image_size).to(device))
     schedule = NoiseSchedule.from_config(run).to(device)
     rank = distributed.rank()  # rank 0 draws exactly what a single process draws; the others their own
     if rank > 0:
@@ -81,7 +83,7 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
     strategy_cls = STRATEGIES.get(run.strategy)
     strategy = strategy_cls(model, schedule, cfg, generator, device)
     evaluator = Evaluator(cfg, stream, schedule, device, run_dir, strategy_cls.solver_mode)
-    return Components(cfg, device, stream, model, schedule, strategy, evaluator)
+    return Components(cfg, device, stream, model, schedule, strategy, evaluator, execution)
 
 
 @contextmanager
@@ -139,10 +141,8 @@ def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | 
             _remove_if_empty(run_dir)
         raise
     if distributed.is_main():
-        from .execution import Execution
-
         meta = provenance(str(comps.device))
-        meta["execution"] = Execution.resolve(cfg.run, comps.device).describe()
+        meta["execution"] = comps.execution.describe()
         if distributed.world_size() > 1:
             meta["world_size"] = distributed.world_size()
         atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=meta))

@@ -70,12 +70,9 @@ class Execution:
     @classmethod
     def resolve(cls, run: Any, device: torch.device) -> "Execution":
         """Resolve the ``auto`` values of ``run.memory_format``, ``run.precision`` and ``run.compile``."""
-        fmt = getattr(run, "memory_format", "contiguous")
-        prec = getattr(run, "precision", "fp32")
-        comp = getattr(run, "compile", "off")
-        return cls(channels_last=fmt == "channels_last" or fmt == "auto",
-                   bf16=prec == "bf16" or (prec == "auto" and native_bf16(device)),
-                   compile=comp == "on" or (comp == "auto" and device.type == "cuda"),
+        return cls(channels_last=run.memory_format in ("channels_last", "auto"),
+                   bf16=run.precision == "bf16" or (run.precision == "auto" and native_bf16(device)),
+                   compile=run.compile == "on" or (run.compile == "auto" and device.type == "cuda"),
                    device_type=device.type)
 
     def describe(self) -> dict[str, Any]:

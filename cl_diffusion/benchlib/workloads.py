@@ -36,18 +36,22 @@ def default_variant(run: RunConfig, device: torch.device) -> str:
             (True, True): "channels_last_bf16"}[ex.channels_last, ex.bf16]
 
 
+def variant_execution(variant: str, device: torch.device) -> Execution:
+    """The :class:`Execution` settings a variant name stands for (eager)."""
+    return Execution(channels_last=variant.startswith("channels_last"), bf16=variant.endswith("bf16"),
+                     device_type=device.type)
+
+
 def autocast(device: torch.device, variant: str) -> ContextManager:
-    """bf16 autocast for the ``bf16`` variants, else nothing."""
-    if variant.endswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast for the ``bf16`` variants, else nothing (as runs do it)."""
+    return variant_execution(variant, device).autocast()
 
 
 def in_variant(model: nn.Module, x: torch.Tensor, variant: str) -> tuple[nn.Module, torch.Tensor]:
-    """The model (in place) and input ``[B, C, H, W]`` in the variant's memory format."""
-    if variant.startswith("channels_last"):
-        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    return model, x
+    """The model (in place, prepared as runs prepare it) and input ``[B, C, H, W]`` in the variant's
+    memory format."""
+    ex = variant_execution(variant, x.device)
+    return ex.prepare(model), (x.contiguous(memory_format=torch.channels_last) if ex.channels_last else x)
 
 
 def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
