@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda (default auto)")
     p.add_argument("--out", help="parent folder of run directories (default runs/)")
     p.add_argument("--data-root", help="dataset folder (default: $CL_DIFFUSION_DATA, system folders, download)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, one per core)")
     p.add_argument("--class-order", help="fixed | seeded (Avalanche's seed-shuffled order)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any option")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -50,6 +51,16 @@ def parse_sets(items: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads in this process (intra-op; not recorded in the config, since
+    it changes speed only; ``config.json`` meta records the count a run used)."""
+    if threads < 1:
+        raise UserError(f"bad value {threads} for --threads: expected an integer >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -57,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .app import load_plugins, print_list, resume_run, start_run
 
         load_plugins()
+        if args.threads is not None:
+            set_threads(args.threads)
         if args.list:
             print_list()
             return 0

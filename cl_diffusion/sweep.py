@@ -9,7 +9,10 @@ variant is the strategy plus any ``--grid`` values (``gd__lambda=0.5``). A run i
 its checkpoint; a folder with no checkpoint is started afresh. So a killed sweep, started again,
 redoes only unfinished runs.
 
-Executors: ``local`` (default) runs the specs one after another in this process; ``ray`` submits
+Executors: ``local`` (default) runs the specs one after another in this process, or ``--jobs N`` at a
+time in N worker processes of ``--threads`` torch threads each (default: the CPU cores split evenly,
+at least 1; on a small CPU machine several 1-thread runs finish sooner than one run with every core,
+and too many threads per core stall in OpenMP spin-waits); ``ray`` submits
 each spec as one Ray task that asks for ``--gpus-per-run`` GPUs (default 1), on the cluster at
 ``--address`` (default: ``$RAY_ADDRESS`` or a running local instance; ``local`` starts a new one).
 Both call :func:`execute`, so the folders and manifests are the same. Ray workers write into
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .errors import UserError, cli_main
-from .run import _Parser, parse_sets
+from .run import _Parser, parse_sets, set_threads
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,38 @@ def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per
     task = ray.remote(num_gpus=gpus_per_run, num_cpus=cpus_per_run)(_execute_on_worker)
     pending = {task.remote(spec, str(out.resolve()), cpus_per_run): spec for spec in todo}
     print(f"[sweep] submitted {len(pending)} Ray tasks ({gpus_per_run:g} GPU, {cpus_per_run} CPU each)")
+
+    def finished() -> Iterator[tuple[RunSpec, Callable[[], str]]]:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ref), lambda ref=ref: ray.get(ref)
+    return _report(finished(), out)
+
+
+def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int | None) -> int:
+    """Run ``jobs`` specs at a time, each in a fresh (spawned) worker process with ``threads`` torch
+    threads (default: the CPU cores divided by ``jobs``, at least 1); same result handling as Ray."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or max(1, cores // jobs)
+    print(f"[sweep] {len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_execute_on_worker, spec, str(out.resolve()), threads): spec for spec in todo}
+        return _report(((futures[f], f.result) for f in as_completed(futures)), out)
+
+
+def _report(finished: Iterator[tuple[RunSpec, Callable[[], str]]], out: Path) -> int:
+    """Print each finished run's folder as it lands; a failed run does not stop the others. Returns 0
+    if all succeeded, else 1 after listing the failures on stderr."""
     failures = []
-    while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        spec = pending.pop(ref)
+    for spec, result in finished:
         try:
-            print(ray.get(ref))
+            print(result(), flush=True)
+        except RunInUse as err:
+            print(f"[sweep] skipped: {err}")
         except Exception as err:  # a failed run must not stop the others
             cause = getattr(err, "cause", None) or err  # Ray wraps the run's exception
             first = (str(cause).strip().splitlines() or [""])[0]
@@ -161,8 +190,8 @@ def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per
 
 
 def _execute_on_worker(spec: RunSpec, out: str, threads: int) -> str:
-    """The body of one Ray task: :func:`execute` with ``threads`` torch threads; its log lines name the
-    run (Ray forwards them to the driver, where several runs interleave)."""
+    """The body of one Ray task or worker process: :func:`execute` with ``threads`` torch threads; its
+    log lines name the run (several runs interleave in the driver's output)."""
     import torch
 
     from .app import load_plugins
@@ -170,7 +199,7 @@ def _execute_on_worker(spec: RunSpec, out: str, threads: int) -> str:
     torch.set_num_threads(max(1, threads))
     load_plugins()
     tag = f"[{spec.variant} seed{spec.seed}]"
-    return str(execute(spec, Path(out), log=lambda msg: print(tag, msg)))
+    return str(execute(spec, Path(out), log=lambda msg: print(tag, msg, flush=True)))
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -200,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "0 on a CPU-only cluster)")
     p.add_argument("--cpus-per-run", type=int, default=1, help="ray: CPUs each run asks for and its torch "
                                                                "threads (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="local: runs at a time, each in its own process "
+                                                        "(default 1: one after another, in this process)")
+    p.add_argument("--threads", type=int, help="local: torch threads per run (default: torch's own with "
+                                               "--jobs 1, else the CPU cores divided by --jobs)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
     return p
 
@@ -211,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .profiles import resolve_config
 
     load_plugins()
+    if args.jobs < 1:
+        raise UserError(f"bad value {args.jobs} for --jobs: expected an integer >= 1")
+    if args.threads is not None:
+        set_threads(args.threads)  # validates it; with --jobs > 1 the workers set their own
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -228,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.executor == "ray":
         return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
+    if args.jobs > 1:
+        return run_in_processes(todo, out, args.jobs, args.threads)
     for i, spec in enumerate(todo, 1):
         print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
         try:

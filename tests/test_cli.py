@@ -61,6 +61,7 @@ BAD_INPUTS = [
     (["--strategy", "gd", "--benchmark", "fmnist-5", "--set", "model=huge"], r"unknown model preset 'huge'"),
     (["--strategy", "gd", "--benchmark", "fmnist-5", "--device", "tpu"], r"bad value 'tpu' for device; valid"),
     (["--strategy", "gd", "--benchmark", "fmnist-5", "--set", "lambda"], r"bad --set 'lambda': expected KEY=VALUE"),
+    (["--strategy", "gd", "--benchmark", "fmnist-5", "--threads", "0"], r"bad value 0 for --threads: expected an"),
     (["--resume", "/nonexistent/run"], r"is not a run directory"),
 ]
 

@@ -98,3 +98,25 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path):
         with pytest.raises(RunInUse):
             execute(spec, tmp_path, log=lambda *_: None)
     assert (folder / "partial.txt").is_file()
+
+
+@needs_fmnist
+def test_parallel_local_sweep_matches_sequential(tmp_path, capsys):
+    """``--jobs 2``: two worker processes, one torch thread each, land the same folders, and a run's
+    metrics equal those of the same run made in this process with one thread."""
+    grid = [*GRID[:3], "finetune", *GRID[4:]]
+    assert sweep.main([*grid, "--jobs", "2", "--threads", "1", "--out", str(tmp_path / "par")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 at a time, 1 torch thread(s) each" in printed
+    assert _complete(tmp_path / "par") == FOLDERS[:2]
+    assert sweep.main([*grid, "--seeds", "1", "--threads", "1", "--out", str(tmp_path / "seq")]) == 0
+    assert _comparable(tmp_path / "seq" / FOLDERS[1]) == _comparable(tmp_path / "par" / FOLDERS[1])
+
+
+@pytest.mark.parametrize("flag,value", [("--jobs", "0"), ("--threads", "0")])
+def test_bad_jobs_or_threads_is_a_one_line_error(flag, value, tmp_path, capsys):
+    argv = [*GRID, flag, value, "--out", str(tmp_path / "results")]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: bad value 0 for {flag}: expected an integer >= 1", err
+    assert not (tmp_path / "results").exists()
