@@ -1,0 +1,114 @@
+"""Evaluate a finished run again, from the weights it saved after each task, with other evaluation
+options: ``python -m cl_diffusion.reevaluate RUN_DIR --out DIR [--set KEY=VALUE ...]``.
+
+Only evaluation options can change (``eval_samples``, ``solver_iters_per_task``,
+``inception_weights``, ...): training options would need a new run. With no ``--set``, the
+metrics equal the run's own (same sample noise, same solver seed), which the tests check. Uses:
+
+- fill in Inception FID later, on a machine that has the weights: ``--set inception_weights=PATH``;
+- test whether a metric is limited by the evaluation's own scale (a longer-trained solver, more
+  samples) rather than by the strategy.
+
+Reads ``RUN_DIR/config.json`` and ``RUN_DIR/model_task{1..K}.safetensors``; writes a new folder
+``DIR`` (never an existing one) with ``config.json`` (the new options, and under ``meta`` the
+source run, its commit and the overrides), ``metrics.csv``, ``per_task.csv`` and the evaluator's
+PNGs. ``RUN_DIR`` is not changed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import UserError, cli_main
+from .run import _Parser, parse_sets, set_threads
+
+
+def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), device: str | None = None,
+               log: Callable[[str], None] = print) -> Path:
+    """Run the evaluator after each task of ``run_dir`` on its saved weights into the new folder ``out``."""
+    from safetensors.torch import load_file
+
+    from .app import build_components, load_plugins
+    from .config import Config
+    from .evaluation.config import EvalConfig
+    from .io import atomic_write_json, provenance, write_csv
+    from .options import option_keys
+    from .strategy import STRATEGIES
+
+    load_plugins()
+    if out.exists():
+        raise UserError(f"{out} exists; choose another --out (results are never overwritten)")
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    data = json.loads(cfg_path.read_text())
+    cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
+    eval_keys = option_keys(EvalConfig)
+    for key, value in sets:
+        if key not in eval_keys:
+            raise UserError(f"cannot change {key!r} after training: only evaluation options can change; "
+                            f"valid: {', '.join(sorted(eval_keys))}")
+        cfg.set(key, value)
+    if device is not None:
+        cfg.set("device", device)
+    cfg.validate()
+    weights = [run_dir / f"model_task{k}.safetensors" for k in range(1, _n_tasks(run_dir) + 1)]
+    missing = [w.name for w in weights if not w.is_file()]
+    if missing:
+        raise UserError(f"{run_dir} lacks the saved weights {', '.join(missing)} (committed results keep "
+                        "metrics, not weights: rerun the sweep to make them)")
+    out.mkdir(parents=True)
+    try:
+        comps = build_components(cfg, out, log=log)
+    except BaseException:
+        out.rmdir()  # still empty: leave nothing behind
+        raise
+    meta = {**provenance(str(comps.device)), "reevaluated_from": str(run_dir),
+            "source_git_commit": data.get("meta", {}).get("git_commit"), "overrides": dict(sets)}
+    atomic_write_json(out / "config.json", {**cfg.to_dict(), "meta": meta})
+    rows: list[dict[str, Any]] = []
+    per_task: list[dict[str, Any]] = []
+    for k, path in enumerate(weights):
+        comps.model.load_state_dict(load_file(str(path)))
+        row, task_rows = comps.evaluator.after_task(k, comps.model)
+        rows.append({"task": k + 1, **row})
+        per_task += [{"strategy": cfg.run.strategy, **r} for r in task_rows]
+        write_csv(out / "metrics.csv", rows)
+        write_csv(out / "per_task.csv", per_task)
+        log(f"task {k + 1}: " + "  ".join(f"{m} {row[m]:.4g}" for m in ("fid", "fid_clf", "kld", "acc")
+                                           if m in row))
+    return out
+
+
+def _n_tasks(run_dir: Path) -> int:
+    """The number of tasks the run finished: its metrics rows (the stream's length when complete)."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        raise UserError(f"{run_dir} has no metrics.csv: the run never finished a task")
+    return max(1, len(metrics.read_text().strip().splitlines()) - 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m cl_diffusion.reevaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a finished run: config.json, metrics.csv and model_task{K}.safetensors")
+    p.add_argument("--out", required=True, help="new folder for the metrics (must not exist)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an evaluation option")
+    p.add_argument("--device", help="auto | cpu | cuda (default: the run's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    return p
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        set_threads(args.threads)
+    print(reevaluate(Path(args.run_dir), Path(args.out), parse_sets(args.set), args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
