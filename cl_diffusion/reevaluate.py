@@ -1,8 +1,9 @@
 """Evaluate a finished run again, from the weights it saved after each task, with other evaluation
 options: ``python -m cl_diffusion.reevaluate RUN_DIR --out DIR [--set KEY=VALUE ...]``.
 
-Only evaluation options can change (``eval_samples``, ``solver_iters_per_task``,
-``inception_weights``, ...): training options would need a new run. With no ``--set``, the
+Only evaluation options (``eval_samples``, ``solver_iters_per_task``, ``inception_weights``, ...)
+and the run options that say where and how to compute (:data:`HOW_OPTIONS`) can change: training
+options would need a new run. With no ``--set``, the
 metrics equal the run's own (same sample noise, same solver seed), which the tests check. Uses:
 
 - fill in Inception FID later, on a machine that has the weights: ``--set inception_weights=PATH``;
@@ -26,6 +27,10 @@ from .errors import UserError, cli_main
 from .run import _Parser, parse_sets, set_threads
 
 
+# run options that change where or how fast the evaluation computes, not what was trained
+HOW_OPTIONS = ("device", "data_root", "progress", "precision", "memory_format", "compile")
+
+
 def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), device: str | None = None,
                log: Callable[[str], None] = print) -> Path:
     """Run the evaluator after each task of ``run_dir`` on its saved weights into the new folder ``out``."""
@@ -46,11 +51,11 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
     data = json.loads(cfg_path.read_text())
     cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
-    eval_keys = option_keys(EvalConfig)
+    allowed = [*option_keys(EvalConfig), *HOW_OPTIONS]
     for key, value in sets:
-        if key not in eval_keys:
+        if key not in allowed:
             raise UserError(f"cannot change {key!r} after training: only evaluation options can change; "
-                            f"valid: {', '.join(sorted(eval_keys))}")
+                            f"valid: {', '.join(sorted(allowed))}")
         cfg.set(key, value)
     if device is not None:
         cfg.set("device", device)
