@@ -172,8 +172,9 @@ def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int
 
 
 def _report(finished: Iterator[tuple[RunSpec, Callable[[], str]]], out: Path) -> int:
-    """Print each finished run's folder as it lands; a failed run does not stop the others. Returns 0
-    if all succeeded, else 1 after listing the failures on stderr."""
+    """For every executor: print each finished run's folder as it lands (``result()`` returns it or
+    raises the run's error); a failed run does not stop the others. Returns 0 if all succeeded, else
+    1 after listing the failures on stderr. Ctrl-C still stops the sweep (runs resume later)."""
     failures = []
     for spec, result in finished:
         try:
@@ -267,13 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
     if args.jobs > 1:
         return run_in_processes(todo, out, args.jobs, args.threads)
-    for i, spec in enumerate(todo, 1):
-        print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
-        try:
-            print(execute(spec, out))
-        except RunInUse as err:
-            print(f"[sweep] skipped: {err}")
-    return 0
+
+    def one_by_one() -> Iterator[tuple[RunSpec, Callable[[], str]]]:
+        for i, spec in enumerate(todo, 1):
+            print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
+            yield spec, lambda spec=spec: str(execute(spec, out))
+    return _report(one_by_one(), out)
 
 
 if __name__ == "__main__":
