@@ -182,13 +182,15 @@ def _train(comps: Components, run_dir: Path, log: Callable[[str], None], resume:
     return run_dir
 
 
-def load_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
-    """The Config and provenance (``meta``) stored in a run directory's config.json."""
+def load_run_config(run_dir: Path, need_ckpt: bool = True) -> tuple[Config, dict[str, Any]]:
+    """The Config and provenance (``meta``) stored in a run directory's config.json; with
+    ``need_ckpt`` (to resume) the directory must also hold ``ckpt/``."""
     from .strategy import STRATEGIES
 
     cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file() or not (run_dir / "ckpt").is_dir():
-        raise UserError(f"{run_dir} is not a run directory (expected config.json and ckpt/ in it)")
+    if not cfg_path.is_file() or (need_ckpt and not (run_dir / "ckpt").is_dir()):
+        needs = "config.json and ckpt/" if need_ckpt else "config.json"
+        raise UserError(f"{run_dir} is not a run directory (expected {needs} in it)")
     try:
         data = json.loads(cfg_path.read_text())
     except ValueError as err:

@@ -18,7 +18,6 @@ PNGs. ``RUN_DIR`` is not changed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,21 +35,15 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     """Run the evaluator after each task of ``run_dir`` on its saved weights into the new folder ``out``."""
     from safetensors.torch import load_file
 
-    from .app import build_components, load_plugins
-    from .config import Config
+    from .app import build_components, load_plugins, load_run_config
     from .evaluation.config import EvalConfig
     from .io import atomic_write_json, provenance, write_csv
     from .options import option_keys
-    from .strategy import STRATEGIES
 
     load_plugins()
     if out.exists():
         raise UserError(f"{out} exists; choose another --out (results are never overwritten)")
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    data = json.loads(cfg_path.read_text())
-    cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
+    cfg, source_meta = load_run_config(run_dir, need_ckpt=False)
     allowed = [*option_keys(EvalConfig), *HOW_OPTIONS]
     for key, value in sets:
         if key not in allowed:
@@ -72,7 +65,7 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
         out.rmdir()  # still empty: leave nothing behind
         raise
     meta = {**provenance(str(comps.device)), "reevaluated_from": str(run_dir),
-            "source_git_commit": data.get("meta", {}).get("git_commit"), "overrides": dict(sets)}
+            "source_git_commit": source_meta.get("git_commit"), "overrides": dict(sets)}
     atomic_write_json(out / "config.json", {**cfg.to_dict(), "meta": meta})
     rows: list[dict[str, Any]] = []
     per_task: list[dict[str, Any]] = []

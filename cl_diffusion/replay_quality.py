@@ -15,7 +15,6 @@ never overwritten.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,22 +38,16 @@ def parse_steps(text: str) -> list[int]:
 
 def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -> dict[str, Any]:
     """Replay quality of the model saved after ``task`` (1-based) at each DDIM step count."""
-    from .app import build_components, load_plugins
-    from .config import Config
+    from .app import build_components, load_plugins, load_run_config
     from .evaluation.classifier import classify, get_classifier
     from .evaluation.evaluator import to_uint8
     from .evaluation.frechet import fid_from_features
     from .evaluation.histogram import ard, class_histogram, kld
     from .io import provenance
     from .sampling import generate
-    from .strategy import STRATEGIES
 
     load_plugins()
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    data = json.loads(cfg_path.read_text())
-    cfg = Config.from_dict(data, STRATEGIES.get(data.get("strategy", "")).Params)
+    cfg, _ = load_run_config(run_dir, need_ckpt=False)
     weights = run_dir / f"model_task{task}.safetensors"
     if not weights.is_file():
         have = sorted(p.name for p in run_dir.glob("model_task*.safetensors"))
