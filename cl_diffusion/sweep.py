@@ -158,17 +158,63 @@ def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per
 
 def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int | None) -> int:
     """Run ``jobs`` specs at a time, each in a fresh (spawned) worker process with ``threads`` torch
-    threads (default: the CPU cores divided by ``jobs``, at least 1); same result handling as Ray."""
+    threads (default: the CPU cores divided by ``jobs``, at least 1); same result handling as Ray.
+
+    If the driver stops early (Ctrl-C, SIGTERM, an error) it terminates its workers before exiting,
+    so no run goes on holding its folder's lock; the interrupted runs resume from their checkpoints
+    when the sweep is started again. (SIGKILL cannot be caught: kill the process group instead.)"""
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads or max(1, cores // jobs)
-    print(f"[sweep] {len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_execute_on_worker, spec, str(out.resolve()), threads): spec for spec in todo}
-        return _report(((futures[f], f.result) for f in as_completed(futures)), out)
+    print(f"[sweep] {len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each", flush=True)
+    args = [(i, spec, str(out.resolve()), threads) for i, spec in enumerate(todo)]
+    with _sigterm_exits(), get_context("spawn").Pool(jobs) as pool:  # Pool.__exit__ terminates the workers
+        done = pool.imap_unordered(_outcome_on_worker, args)
+        return _report(((todo[i], lambda r=result: _unwrap(r)) for i, result in done), out)
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While active (main thread only), SIGTERM raises ``SystemExit(143)`` instead of killing the
+    process outright, so ``with`` blocks, such as a worker pool's, clean up on the way out."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _outcome_on_worker(job: tuple[int, RunSpec, str, int]) -> tuple[int, str | BaseException]:
+    """A worker process's task: run one spec; return its index and its folder, or the exception it
+    raised (so one failed run reaches :func:`_report` without stopping the pool)."""
+    i, spec, out, threads = job
+    import pickle
+
+    try:
+        return i, _execute_on_worker(spec, out, threads)
+    except Exception as err:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:  # an exception that cannot cross processes: keep its type name and message
+            err = RuntimeError(f"{type(err).__name__}: {err}")
+        return i, err
+
+
+def _unwrap(result: str | BaseException) -> str:
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _report(finished: Iterator[tuple[RunSpec, Callable[[], str]]], out: Path) -> int:

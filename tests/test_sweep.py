@@ -139,3 +139,60 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert [s.folder(tmp_path).is_dir() for s in specs] == [True, False, True]
     assert f"[sweep] failed: {specs[1].folder(tmp_path)}: FloatingPointError: loss is NaN" in err
     assert "3/3" in out
+
+
+def _children(pid: int) -> list[int]:
+    """The live (non-zombie) processes whose parent is ``pid``, read from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_fmnist
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_sigterm_to_a_jobs_sweep_stops_its_workers(tmp_path):
+    """SIGTERM to the driver of a ``--jobs 2`` sweep alone: it exits with 143, its worker processes
+    are gone, and the runs' folder locks are free for the next sweep."""
+    import fcntl
+    import signal
+    import time
+
+    out = tmp_path / "results"
+    grid = [*GRID[:3], "finetune", *GRID[4:]]
+    driver = subprocess.Popen([sys.executable, "-m", "cl_diffusion.sweep", *grid, "--jobs", "2",
+                               "--threads", "1", "--set", "progress=false", "--out", str(out)],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        locks = [out / "fmnist-5/smoke/finetune" / f".seed{k}.lock" for k in (0, 1)]
+        while not all(p.exists() for p in locks):  # both workers have started their runs
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read() if driver.poll() else "timeout"
+            time.sleep(0.5)
+        workers = _children(driver.pid)
+        assert len(workers) >= 2, workers
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 143
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)]
+        for path in locks:
+            with open(path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a worker still held it
+        assert not list(out.glob("*/*/*/*/manifest.json"))  # stopped before any run finished
+    finally:
+        if driver.poll() is None:
+            driver.kill()
