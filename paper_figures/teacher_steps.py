@@ -29,6 +29,9 @@ def main() -> None:
             ax.errorbar(steps, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
                         label=strategy, color=color(strategy))
         ax.set_xscale("log")
+        ticks = sorted({int(s) for s in last["param_teacher_steps"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])  # label the step counts run, not log-decades
+        ax.minorticks_off()
         ax.set_xlabel("teacher DDIM steps")
         ax.set_title(f"{col} after the last task", fontsize=10)
     axes[0].legend()
