@@ -198,9 +198,9 @@ def _sigterm_exits() -> Iterator[None]:
 def _outcome_on_worker(job: tuple[int, RunSpec, str, int]) -> tuple[int, str | BaseException]:
     """A worker process's task: run one spec; return its index and its folder, or the exception it
     raised (so one failed run reaches :func:`_report` without stopping the pool)."""
-    i, spec, out, threads = job
     import pickle
 
+    i, spec, out, threads = job
     try:
         return i, _execute_on_worker(spec, out, threads)
     except Exception as err:

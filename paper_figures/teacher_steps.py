@@ -21,6 +21,7 @@ def main() -> None:
     cols = [c for c in ("fid_clf", "fid", "kld") if c in last and last[c].notna().any()]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4))
     axes = axes if len(cols) > 1 else [axes]
+    ticks = sorted({int(s) for s in last["param_teacher_steps"]})  # label the step counts run, not log-decades
     for ax, col in zip(axes, cols):
         for strategy in ("gr", "gd"):
             sub = last[last["strategy"] == strategy]
@@ -29,8 +30,7 @@ def main() -> None:
             ax.errorbar(steps, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
                         label=strategy, color=color(strategy))
         ax.set_xscale("log")
-        ticks = sorted({int(s) for s in last["param_teacher_steps"]})
-        ax.set_xticks(ticks, [str(t) for t in ticks])  # label the step counts run, not log-decades
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("teacher DDIM steps")
         ax.set_title(f"{col} after the last task", fontsize=10)

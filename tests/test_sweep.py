@@ -141,24 +141,24 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert "3/3" in out
 
 
+def _state_and_parent(stat: Path) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from its /proc/<pid>/stat; None once it is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def _children(pid: int) -> list[int]:
     """The live (non-zombie) processes whose parent is ``pid``, read from /proc."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if (info := _state_and_parent(stat)) and info[1] == pid and info[0] != "Z"]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    info = _state_and_parent(Path("/proc") / str(pid) / "stat")
+    return info is not None and info[0] != "Z"
 
 
 @needs_fmnist
