@@ -10,15 +10,24 @@ class UserError(Exception):
     """A bad input the user can fix. The CLI prints ``error: <message>`` and exits with status 2."""
 
 
+class NumericalError(RuntimeError):
+    """A NaN or infinite loss; the message names task, epoch and iteration. The CLI prints
+    ``error: <message>`` and exits with status 1 (a run failure, not a bad input)."""
+
+
 def choice_error(what: str, value: object, choices: Iterable[object]) -> UserError:
     """Build the standard message: ``unknown <what> 'value'; valid choices: a, b, c``."""
     listed = ", ".join(str(c) for c in choices)
     return UserError(f"unknown {what} {value!r}; valid choices: {listed}")
 
 
-def cli_main(main: Callable[..., int]) -> Callable[..., int]:
+def cli_main(main: Callable[..., int] | None = None, *, interrupted: str = "interrupted") -> Callable:
     """Decorate a command's ``main``: a :class:`UserError` prints one line ``error: ...`` on stderr
-    and returns exit status 2; Ctrl-C prints one line and returns 130."""
+    and returns exit status 2; a :class:`NumericalError` does the same with status 1; Ctrl-C prints
+    ``error: <interrupted>`` and returns 130. Use bare (``@cli_main``) or with a message
+    (``@cli_main(interrupted="...")``)."""
+    if main is None:
+        return functools.partial(cli_main, interrupted=interrupted)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
@@ -27,8 +36,11 @@ def cli_main(main: Callable[..., int]) -> Callable[..., int]:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except NumericalError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            print(f"error: {interrupted}", file=sys.stderr)
             return 130
 
     return wrapper

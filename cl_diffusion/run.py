@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
+from .errors import UserError, cli_main
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +61,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@cli_main(interrupted="interrupted; resume with --resume RUN_DIR")
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -81,19 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if run_dir is not None and distributed.is_main():
             print(run_dir)
         return 0
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
-    except Exception as err:  # numerical faults and other run failures: one line, exit 1
-        from .trainer import NumericalError
-
-        if isinstance(err, NumericalError):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
     finally:
         _leave_process_group()
 

@@ -30,15 +30,12 @@ from . import distributed
 from .checkpoint import load_latest, save_checkpoint, save_weights
 from .config import Config
 from .data import LabeledImages, to_model_range
+from .errors import NumericalError
 from .execution import Execution
 from .io import write_csv
 from .sampling import sample_grid
 from .strategy import Strategy
 from .stream import TaskStream
-
-
-class NumericalError(RuntimeError):
-    """A NaN or infinite loss; the message names task, epoch and iteration."""
 
 
 @dataclass
