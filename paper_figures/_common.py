@@ -63,6 +63,35 @@ def mean_se(values: pd.Series) -> tuple[float, float]:
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0)
 
 
+def one_knob_last_task(df: pd.DataFrame, strategies: tuple[str, ...], key: str) -> pd.DataFrame:
+    """Last-task rows of the runs of ``strategies`` whose only change from their defaults is the
+    strategy parameter ``key``: the plain runs (at the default) and the ``--grid key=...`` variants."""
+    df = df[df["strategy"].isin(strategies) & df[f"param_{key}"].notna()] if f"param_{key}" in df else df.iloc[:0]
+    other_grids = [c for c in df if c.startswith("grid_") and c != f"grid_{key}"]
+    df = df[df[other_grids].isna().all(axis=1)] if other_grids else df
+    return df[df["task"] == df["task"].max()]
+
+
+def plot_against_param(ax, last: pd.DataFrame, strategies: tuple[str, ...], key: str, col: str) -> None:
+    """One line per strategy: ``col`` (mean +- SE over seeds, the seed count written beside points
+    with more than one) against the parameter ``key``, on a log x axis labelled with the values run."""
+    values = sorted({float(v) for v in last[f"param_{key}"]})
+    for strategy in strategies:
+        sub = last[last["strategy"] == strategy]
+        xs = sorted({float(v) for v in sub[f"param_{key}"]})
+        groups = [sub[sub[f"param_{key}"].astype(float) == x][col].dropna() for x in xs]
+        stats = [mean_se(g) for g in groups]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
+                    label=strategy, color=color(strategy))
+        for x, (mean, _), g in zip(xs, stats, groups):  # a point's seed count, where it is not 1
+            if len(g) > 1:
+                ax.annotate(f"n={len(g)}", (x, mean), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                            color=color(strategy))
+    ax.set_xscale("log")
+    ax.set_xticks(values, [f"{v:g}" for v in values])  # the values run, not log-decades
+    ax.minorticks_off()
+
+
 def color(variant: str) -> str:
     return COLORS.get(variant.split("__")[0], "#8c564b")
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SCRIPTS = ("curves", "samples", "costs", "quality_vs_compute", "teacher_steps")
+SCRIPTS = ("curves", "samples", "costs", "quality_vs_compute", "teacher_steps", "lambda_sweep")
 SOURCE = REPO / "results" / "fmnist-5" / "quick"
 FILES = ("metrics.csv", "manifest.json", "config.json", "samples_task5.png")
 
@@ -48,7 +48,7 @@ def results(tmp_path_factory) -> Path:
     step10 = _copy_run("gd", base / "gd__teacher_steps=10" / "seed0")
     _edit_json(step10 / "manifest.json", variant="gd__teacher_steps=10", grid={"teacher_steps": "10"})
     _edit_json(step10 / "config.json", strategy_params={"teacher_steps": 10})
-    lam = _copy_run("gd", base / "gd__lambda=2" / "seed0")  # must stay out of the teacher-steps plot
+    lam = _copy_run("gd", base / "gd__lambda=2" / "seed0")  # must stay out of the teacher-steps plot, in lambda's
     _edit_json(lam / "manifest.json", variant="gd__lambda=2", grid={"lambda": "2"})
     _edit_json(lam / "config.json", strategy_params={"lambda": 2.0})
     return root
@@ -72,3 +72,12 @@ def test_teacher_steps_needs_two_step_counts(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "teacher_steps.py"), "--results",
                            str(tmp_path), "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "--grid teacher_steps=10,100" in proc.stderr
+
+
+def test_lambda_sweep_needs_two_lambdas(tmp_path: Path) -> None:
+    if not (SOURCE / "gd" / "seed0" / "manifest.json").is_file():
+        pytest.skip("committed fmnist-5 quick runs not present")
+    _copy_run("gd", tmp_path / "fmnist-5" / "quick" / "gd" / "seed0")
+    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "lambda_sweep.py"), "--results",
+                           str(tmp_path), "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "--grid lambda=" in proc.stderr
