@@ -50,7 +50,10 @@ class Position:
     loss_sum: float = 0.0
     stat_sums: dict[str, float] = field(default_factory=dict)
     nan_skipped: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall clock of the training steps
+    # CPU time of this process over the same steps (all threads: core-seconds), which sharing the
+    # machine does not inflate; None when the task was resumed from a checkpoint that predates it
+    train_cpu_seconds: float | None = 0.0
     costs_at_start: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     per_task_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -111,12 +114,14 @@ class Trainer:
                 order = self._epoch_order(k, pos.epoch, len(data))
                 n_batches = math.ceil(len(data) / run.batch_size)
                 while pos.batch < n_batches and pos.iters < n_iters:
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
                     self._step(self._batch(data, distributed.shard(idx)), k)  # this rank's share
                     pos.batch += 1
                     pos.iters += 1
                     pos.train_seconds += time.perf_counter() - start
+                    if pos.train_cpu_seconds is not None:
+                        pos.train_cpu_seconds += time.process_time() - cpu_start
                     bar.update(1)
                     if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
                         self.checkpoint()
@@ -204,7 +209,7 @@ class Trainer:
                                "train_loss": pos.loss_sum / n, "train_iters": pos.iters}
         row.update({key: v / n for key, v in sorted(pos.stat_sums.items())})
         row.update({"nan_skipped": pos.nan_skipped, "train_seconds": pos.train_seconds,
-                    "sample_seconds": sample_seconds})
+                    "train_cpu_seconds": pos.train_cpu_seconds, "sample_seconds": sample_seconds})
         row.update(costs)
         return row
 
@@ -256,7 +261,7 @@ class Trainer:
         """Load the newest good checkpoint of this run directory; returns its path."""
         state, path = load_latest(self.run_dir / "ckpt", warn=warn)
         self.model.load_state_dict(state["model"])
-        self.pos = Position(**state["position"])
+        self.pos = Position(**{"train_cpu_seconds": None, **state["position"]})  # older checkpoints lack it
         for key, v in state["counters"].items():
             setattr(self.strategy.counters, key, v)
         self.strategy.load_state_tensors(state["strategy"], self.pos.task)

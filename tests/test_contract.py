@@ -29,8 +29,9 @@ def test_every_strategy_on_every_benchmark(strategy, benchmark, run_dirs):
     n_tasks = BENCHMARKS.get(benchmark).n_tasks
     assert [int(r["task"]) for r in rows] == list(range(1, n_tasks + 1))
     for r in rows:
-        for col in ("train_loss", "train_seconds", "sample_seconds", *EVAL_COLUMNS):
+        for col in ("train_loss", "train_seconds", "train_cpu_seconds", "sample_seconds", *EVAL_COLUMNS):
             assert math.isfinite(float(r[col])), (col, r[col])
+        assert float(r["train_cpu_seconds"]) > 0
     replays = STRATEGIES.get(strategy).solver_mode == "replay"
     for r in rows[1:]:
         evals = int(r["teacher_image_evals"])

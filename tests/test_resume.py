@@ -2,7 +2,7 @@
 checkpoints are detected; resume refuses a changed config; the same seed gives the same metrics."""
 from __future__ import annotations
 
-import os
+import json
 import random
 import signal
 import subprocess
@@ -64,6 +64,23 @@ def test_kill9_then_resume_matches_uninterrupted(trial, reference, tmp_path):
     assert Path(proc.stdout.strip().splitlines()[-1]) == run_dir
     assert _comparable(run_dir) == _comparable(reference)
     assert read_csv(run_dir / "per_task.csv") == read_csv(reference / "per_task.csv")
+    assert all(float(r["train_cpu_seconds"]) > 0 for r in read_csv(run_dir / "metrics.csv"))  # carried over
+
+
+def test_resume_from_checkpoint_without_cpu_seconds(reference, tmp_path):
+    """A checkpoint written before ``train_cpu_seconds`` existed resumes with the same metrics;
+    the task it resumes into reports no CPU time (blank), not a partial one."""
+    run_dir = _start_and_kill(tmp_path, n_ckpt=6, delay=0.0)
+    for path in (run_dir / "ckpt").glob("state-*.json"):
+        meta = json.loads(path.read_text())
+        position = dict(meta["state"]["__dict__"])["position"]["__dict__"]
+        position[:] = [kv for kv in position if kv[0] != "train_cpu_seconds"]
+        path.write_text(json.dumps(meta))
+    proc = run_cli("--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _comparable(run_dir) == _comparable(reference)
+    cpu = [r["train_cpu_seconds"] for r in read_csv(run_dir / "metrics.csv")]
+    assert sum(v == "" for v in cpu) == 1 and all(float(v) > 0 for v in cpu if v != ""), cpu
 
 
 def test_same_seed_same_metrics(reference, tmp_path):
