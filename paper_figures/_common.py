@@ -92,6 +92,25 @@ def plot_against_param(ax, last: pd.DataFrame, strategies: tuple[str, ...], key:
     ax.minorticks_off()
 
 
+def knob_figure(args: argparse.Namespace, strategies: tuple[str, ...], key: str, cols: tuple[str, ...],
+                xlabel: str, too_few: str) -> "plt.Figure":
+    """One panel per metric in ``cols`` (those with values) after the last task, against the strategy
+    parameter ``key`` (:func:`one_knob_last_task`, :func:`plot_against_param`); saved as
+    ``<benchmark>_<profile>_<figure name>.png``. Exits with ``too_few`` unless some strategy has runs
+    at two values of ``key``."""
+    last = one_knob_last_task(load_runs(args.results, args.benchmark, args.profile), strategies, key)
+    if last.empty or last.groupby("strategy")[f"param_{key}"].nunique().max() < 2:
+        raise SystemExit(too_few)
+    cols = [c for c in cols if c in last and last[c].notna().any()]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        plot_against_param(ax, last, strategies, key, col)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{col} after the last task", fontsize=10)
+    axes[0][0].legend()
+    return fig
+
+
 def color(variant: str) -> str:
     return COLORS.get(variant.split("__")[0], "#8c564b")
 

@@ -5,24 +5,14 @@ and 8) and the ``--grid lambda=...`` variants; mean +- SE where a lambda has sev
 
     python paper_figures/lambda_sweep.py --benchmark fmnist-5 --profile quick
 """
-from _common import load_runs, one_knob_last_task, parser, plot_against_param, plt, save
-
-STRATEGIES = ("gd", "lwf", "gaussian")
+from _common import knob_figure, parser, save
 
 
 def main() -> None:
     args = parser(__doc__.split("\n")[0]).parse_args()
-    last = one_knob_last_task(load_runs(args.results, args.benchmark, args.profile), STRATEGIES, "lambda")
-    if last.empty or last.groupby("strategy")["param_lambda"].nunique().max() < 2:
-        raise SystemExit("no strategy has runs at two lambdas: run the sweep with e.g. "
-                         "--strategies gd --grid lambda=0.25,0.5,1,2")
-    cols = [c for c in ("fid_clf", "fid", "kld", "acc") if c in last and last[c].notna().any()]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4))
-    for ax, col in zip(axes, cols):
-        plot_against_param(ax, last, STRATEGIES, "lambda", col)
-        ax.set_xlabel("lambda (distillation weight)")
-        ax.set_title(f"{col} after the last task", fontsize=10)
-    axes[0].legend()
+    fig = knob_figure(args, ("gd", "lwf", "gaussian"), "lambda", ("fid_clf", "fid", "kld", "acc"),
+                      "lambda (distillation weight)", "no strategy has runs at two lambdas: run the sweep "
+                      "with e.g. --strategies gd --grid lambda=0.25,0.5,1,2")
     save(fig, args.out, f"{args.benchmark}_{args.profile}_lambda_sweep.png")
 
 

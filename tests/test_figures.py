@@ -65,19 +65,13 @@ def test_figure_script_writes_its_png(script: str, results: Path, tmp_path: Path
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_teacher_steps_needs_two_step_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script, hint", [("teacher_steps", "--grid teacher_steps=10,100"),
+                                          ("lambda_sweep", "--grid lambda=")])
+def test_knob_figure_needs_two_values(script: str, hint: str, tmp_path: Path) -> None:
+    """With only the plain gd run (one teacher_steps, one lambda) the script stops and names the sweep to run."""
     if not (SOURCE / "gd" / "seed0" / "manifest.json").is_file():
         pytest.skip("committed fmnist-5 quick runs not present")
     _copy_run("gd", tmp_path / "fmnist-5" / "quick" / "gd" / "seed0")
-    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "teacher_steps.py"), "--results",
+    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / f"{script}.py"), "--results",
                            str(tmp_path), "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "--grid teacher_steps=10,100" in proc.stderr
-
-
-def test_lambda_sweep_needs_two_lambdas(tmp_path: Path) -> None:
-    if not (SOURCE / "gd" / "seed0" / "manifest.json").is_file():
-        pytest.skip("committed fmnist-5 quick runs not present")
-    _copy_run("gd", tmp_path / "fmnist-5" / "quick" / "gd" / "seed0")
-    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "lambda_sweep.py"), "--results",
-                           str(tmp_path), "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "--grid lambda=" in proc.stderr
+    assert proc.returncode == 1 and hint in proc.stderr, proc.stderr
