@@ -94,10 +94,10 @@ def plot_against_param(ax, last: pd.DataFrame, strategies: tuple[str, ...], key:
 
 def knob_figure(args: argparse.Namespace, strategies: tuple[str, ...], key: str, cols: tuple[str, ...],
                 xlabel: str, too_few: str) -> "plt.Figure":
-    """One panel per metric in ``cols`` (those with values) after the last task, against the strategy
-    parameter ``key`` (:func:`one_knob_last_task`, :func:`plot_against_param`); saved as
-    ``<benchmark>_<profile>_<figure name>.png``. Exits with ``too_few`` unless some strategy has runs
-    at two values of ``key``."""
+    """The figure (for the caller to save): one panel per metric in ``cols`` that has values, after
+    the last task, against the strategy parameter ``key`` (:func:`one_knob_last_task`,
+    :func:`plot_against_param`). Exits with ``too_few`` unless some strategy has runs at two values
+    of ``key``."""
     last = one_knob_last_task(load_runs(args.results, args.benchmark, args.profile), strategies, key)
     if last.empty or last.groupby("strategy")[f"param_{key}"].nunique().max() < 2:
         raise SystemExit(too_few)
