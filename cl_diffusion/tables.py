@@ -1,50 +1,87 @@
 """The paper's comparison tables, rebuilt from ``results/`` alone.
 
-    python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv] [--results DIR]
+    python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
+                                  [--columns fid_clf,kid_clf,...] [--compare A,B] [--results DIR]
 
-One row per strategy variant (strategy plus any grid values such as lambda or teacher steps);
-columns are FID, FID_clf, KLD, ARD, ACC and forgetting after the last task, each as
-mean ± standard error over seeds (SE = sample std / sqrt(n)); the best entry of each column is
-marked (bold in markdown and LaTeX, ``*`` in CSV). Output is deterministic: the same results give
-byte-identical tables.
+One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
+columns (:data:`COLUMNS`, chosen with ``--columns``; by default all, today's six first) are
+metrics after the last task (FID, FID_clf, KLD, ARD, ACC, forgetting, then KID and precision/
+recall in both feature spaces) and the CLoG aggregates AIQ/AFQ/FR of the per-task FID_clf, KID_clf
+and solver accuracy (:mod:`cl_diffusion.evaluation.aggregates`, from ``per_task.csv``). Each cell
+is the mean ± standard error over seeds (SE = sample std / sqrt(n), pandas ``sem``); the best entry
+of each column is marked (bold in markdown and LaTeX, ``*`` in CSV). Runs made before a column
+existed leave it blank (``–``).
+
+``--compare A,B`` prints instead a paired comparison of two variants: per column, the mean over
+the seeds both ran of (A's value - B's value), its SE over those seeds and their number (a seed
+where either value is blank is dropped for that column). It needs at least 2 shared seeds.
+Output is deterministic: the same results give byte-identical tables.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from .errors import UserError, cli_main
+from .errors import UserError, choice_error, cli_main
+from .evaluation.aggregates import KINDS
+from .results import complete_runs, last_task
 from .run import _Parser
 
-#: (column in metrics.csv, table header, lower is better, decimals)
-METRICS = (("fid", "FID", True, 2), ("fid_clf", "FID_clf", True, 2), ("kld", "KLD", True, 3),
-           ("ard", "ARD", True, 3), ("acc", "ACC", False, 3), ("forgetting", "Forgetting", True, 3))
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: ``key`` (the ``--columns`` name), its header, whether lower is better,
+    the decimals shown, and where it comes from: ``metric`` after the last task (``aggregate``
+    None), or the aggregate ``aggregate`` of the per-task column ``metric``."""
+
+    key: str
+    header: str
+    lower: bool
+    decimals: int
+    metric: str
+    aggregate: str | None = None
+
+
+#: (metrics.csv column, header, lower is better, decimals) of the metrics after the last task
+LAST_TASK = (("fid", "FID", True, 2), ("fid_clf", "FID_clf", True, 2), ("kld", "KLD", True, 3),
+             ("ard", "ARD", True, 3), ("acc", "ACC", False, 3), ("forgetting", "Forgetting", True, 3),
+             ("kid", "KID", True, 4), ("kid_clf", "KID_clf", True, 4), ("precision", "Prec", False, 3),
+             ("recall", "Rec", False, 3), ("precision_clf", "Prec_clf", False, 3),
+             ("recall_clf", "Rec_clf", False, 3))
+#: (per_task.csv column, header, lower is better, decimals) of the metrics with AIQ/AFQ/FR columns;
+#: FR keeps the metric's direction (lower FR is better exactly when the metric is lower-is-better)
+AGGREGATED = (("fid_clf", "FID_clf", True, 2), ("kid_clf", "KID_clf", True, 4), ("acc", "ACC", False, 3))
+COLUMNS = tuple([Column(m, h, lower, dec, m) for m, h, lower, dec in LAST_TASK]
+                + [Column(f"{m}_{kind}", f"{h} {kind.upper()}", lower, dec, m, kind)
+                   for m, h, lower, dec in AGGREGATED for kind in KINDS])
+COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 ORDER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")
 FORMATS = ("markdown", "latex", "csv")
 
 
-def load_results(results: Path, benchmark: str | None = None, profile: str | None = None) -> pd.DataFrame:
-    """One row per complete run: benchmark, profile, variant, strategy, seed, and the last task's metrics."""
-    rows = []
-    for manifest in sorted(results.glob("*/*/*/seed*/manifest.json")):
-        m = json.loads(manifest.read_text())
-        if m.get("status") != "complete":
-            continue
-        if (benchmark and m["benchmark"] != benchmark) or (profile and m["profile"] != profile):
-            continue
-        metrics = pd.read_csv(manifest.parent / "metrics.csv")
-        last = metrics.iloc[-1]
-        row = {"benchmark": m["benchmark"], "profile": m["profile"], "variant": m["variant"],
-               "strategy": m["strategy"], "seed": int(m["seed"])}
-        row.update({col: float(last[col]) if col in last and pd.notna(last[col]) else math.nan
-                    for col, *_ in METRICS})
-        rows.append(row)
-    return pd.DataFrame(rows)
+def parse_columns(spec: str | None) -> tuple[Column, ...]:
+    """The columns named in ``spec`` ("a,b,c"; None or "" = all); UserError for an unknown name."""
+    if not spec:
+        return COLUMNS
+    by_key = {c.key: c for c in COLUMNS}
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        if name not in by_key:
+            raise choice_error("column", name, COLUMN_KEYS)
+    return tuple(by_key[name] for name in names)
+
+
+def load_results(results: Path, benchmark: str | None = None, profile: str | None = None,
+                 columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """One row per complete run: benchmark, profile, variant, strategy, seed, and each column's value."""
+    last = [c.metric for c in columns if c.aggregate is None]
+    aggregated = sorted({c.metric for c in columns if c.aggregate is not None})
+    return last_task(complete_runs(results, benchmark, profile), last, aggregated)
 
 
 def _variant_key(variant: str) -> tuple:
@@ -60,26 +97,36 @@ def _variant_key(variant: str) -> tuple:
     return rank, strategy, parts
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, SE and seed count per variant, in the paper's strategy order."""
-    out = []
-    for variant in sorted(df["variant"].unique(), key=_variant_key):
-        sub = df[df["variant"] == variant]
-        row = {"variant": variant, "n": len(sub)}
-        for col, *_ in METRICS:
-            vals = sub[col].dropna().to_numpy()
-            row[f"{col}_mean"] = float(vals.mean()) if len(vals) else math.nan
-            row[f"{col}_se"] = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else math.nan
-        out.append(row)
-    return pd.DataFrame(out)
+def summarize(df: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """Mean, SE (pandas ``sem``: sample std / sqrt(n), NaN for one seed) and seed count per
+    variant, in the paper's strategy order; columns ``variant, n, <key>_mean, <key>_se``."""
+    order = sorted(df["variant"].unique(), key=_variant_key)
+    groups = df.groupby("variant")
+    out = pd.DataFrame({"variant": order, "n": groups.size().loc[order].to_numpy()})
+    for c in columns:  # one column at a time: a cell never depends on which other columns are shown
+        stats = groups[c.key].agg(["mean", "sem"]).loc[order]
+        out[f"{c.key}_mean"], out[f"{c.key}_se"] = stats["mean"].to_numpy(float), stats["sem"].to_numpy(float)
+    return out
 
 
-def _best(summary: pd.DataFrame, col: str, lower: bool, decimals: int) -> set[str]:
+def paired(df: pd.DataFrame, a: str, b: str, columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """Per column: mean and SE over the shared seeds of ``a``'s value - ``b``'s (variants of one
+    benchmark and profile), and the number of seeds where both have a value; index = column key."""
+    va, vb = (df[df["variant"] == v].set_index("seed") for v in (a, b))
+    shared = va.index.intersection(vb.index).sort_values()
+    rows = {}
+    for c in columns:  # Series statistics per column, as in summarize
+        diff = va.loc[shared, c.key].astype(float) - vb.loc[shared, c.key].astype(float)
+        rows[c.key] = {"mean": diff.mean(), "se": diff.sem(ddof=1), "n": int(diff.count())}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _best(summary: pd.DataFrame, col: Column) -> set[str]:
     """Variants whose mean is best at the displayed precision (ties are all marked)."""
-    means = summary[f"{col}_mean"].dropna().round(decimals)
+    means = summary[f"{col.key}_mean"].dropna().round(col.decimals)
     if means.empty:
         return set()
-    target = means.min() if lower else means.max()
+    target = means.min() if col.lower else means.max()
     return set(summary.loc[means.index[means == target], "variant"])
 
 
@@ -90,22 +137,9 @@ def _cell(mean: float, se: float, decimals: int) -> str:
     return s if math.isnan(se) else f"{s} ± {se:.{decimals}f}"
 
 
-def render(summary: pd.DataFrame, fmt: str) -> str:
-    """The table as markdown, LaTeX (booktabs-free tabular, no LaTeX install needed) or CSV."""
+def _format(headers: list[str], body: list[list], fmt: str) -> str:
     from tabulate import tabulate
 
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
-    headers = ["strategy", "seeds", *[h for _, h, *_ in METRICS]]
-    best = {col: _best(summary, col, lower, dec) for col, _, lower, dec in METRICS}
-    mark = {"markdown": "**{}**", "latex": "\\textbf{{{}}}", "csv": "{}*"}[fmt]
-    body = []
-    for _, r in summary.iterrows():
-        cells = [r["variant"], int(r["n"])]
-        for col, _, _, dec in METRICS:
-            c = _cell(r[f"{col}_mean"], r[f"{col}_se"], dec)
-            cells.append(mark.format(c) if r["variant"] in best[col] else c)
-        body.append(cells)
     if fmt == "csv":
         lines = [",".join(headers)] + [",".join(f'"{c}"' if "," in str(c) else str(c) for c in row) for row in body]
         return "\n".join(lines) + "\n"
@@ -116,15 +150,96 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str) -> str:
-    df = load_results(results, benchmark, profile)
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise choice_error("format", fmt, FORMATS)
+
+
+def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
+    """The table as markdown, LaTeX (booktabs-free tabular, no LaTeX install needed) or CSV."""
+    _check_format(fmt)
+    best = {c.key: _best(summary, c) for c in columns}
+    mark = {"markdown": "**{}**", "latex": "\\textbf{{{}}}", "csv": "{}*"}[fmt]
+    body = []
+    for _, r in summary.iterrows():
+        cells = [r["variant"], int(r["n"])]
+        for c in columns:
+            cell = _cell(r[f"{c.key}_mean"], r[f"{c.key}_se"], c.decimals)
+            cells.append(mark.format(cell) if r["variant"] in best[c.key] else cell)
+        body.append(cells)
+    return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
+
+
+def render_paired(diff: pd.DataFrame, a: str, b: str, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
+    """The paired comparison: one row per column with the mean difference ± its SE and the seed count."""
+    _check_format(fmt)
+    body = [[c.header, _cell(float(diff.loc[c.key, "mean"]), float(diff.loc[c.key, "se"]), c.decimals),
+             int(diff.loc[c.key, "n"])] for c in columns]
+    return _format(["metric", f"{a} - {b}", "seeds"], body, fmt)
+
+
+def _shared_seeds(sub: pd.DataFrame, a: str, b: str) -> list[int] | None:
+    """The seeds both variants ran in one (benchmark, profile) group; None if either is absent."""
+    seeds = [set(sub.loc[sub["variant"] == v, "seed"]) for v in (a, b)]
+    return sorted(seeds[0] & seeds[1]) if seeds[0] and seeds[1] else None
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    return sorted(df.groupby(["benchmark", "profile"]), key=lambda kv: kv[0])
+
+
+def _load(results: Path, benchmark: str | None, profile: str | None, columns: Sequence[Column]) -> pd.DataFrame:
+    df = load_results(results, benchmark, profile, columns)
     if df.empty:
         raise UserError(f"no complete runs in {results} for benchmark={benchmark or 'any'}, profile={profile or 'any'}")
+    return df
+
+
+def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
+                columns: Sequence[Column] = COLUMNS) -> str:
+    """The tables of all (benchmark, profile) groups of complete runs, each with its title."""
+    _check_format(fmt)
+    df = _load(results, benchmark, profile, columns)
     parts = []
-    for (bench, prof), sub in sorted(df.groupby(["benchmark", "profile"]), key=lambda kv: kv[0]):
+    for (bench, prof), sub in _groups(df):
         title = f"{bench}, profile {prof}: after the last task, mean ± SE over seeds"
-        table = render(summarize(sub), fmt)
+        table = render(summarize(sub, columns), fmt, columns)
         parts.append(table if fmt == "csv" else f"{'%' if fmt == 'latex' else '###'} {title}\n\n{table}")
+    return "\n".join(parts)
+
+
+def build_comparison(results: Path, benchmark: str | None, profile: str | None, fmt: str, pair: str,
+                     columns: Sequence[Column] = COLUMNS) -> str:
+    """``--compare A,B``: the paired comparison in every (benchmark, profile) group where A and B
+    share at least 2 seeds. UserError for a malformed pair, an unknown variant, or no such group."""
+    _check_format(fmt)
+    df = _load(results, benchmark, profile, columns)
+    variants = sorted(df["variant"].unique(), key=_variant_key)
+    names = [s.strip() for s in pair.split(",")]
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise UserError(f"bad value {pair!r} for --compare: expected two different variants as A,B; "
+                        f"valid choices: {', '.join(variants)}")
+    for name in names:
+        if name not in variants:
+            raise choice_error("strategy in --compare", name, variants)
+    a, b = names
+    parts, too_few = [], []
+    for (bench, prof), sub in _groups(df):
+        shared = _shared_seeds(sub, a, b)
+        if shared is None:
+            continue
+        if len(shared) < 2:
+            too_few.append(f"{bench}/{prof} shares seeds {shared or 'none'}")
+            continue
+        title = f"{bench}, profile {prof}: {a} - {b} after the last task, mean ± SE over {len(shared)} paired seeds"
+        table = render_paired(paired(sub, a, b, columns), a, b, fmt, columns)
+        parts.append(table if fmt == "csv" else f"{'%' if fmt == 'latex' else '###'} {title}\n\n{table}")
+    if not parts:
+        partners = [v for v in variants if v != a and any(len(_shared_seeds(sub, a, v) or ()) >= 2
+                                                          for _, sub in _groups(df))]
+        raise UserError(f"too few shared seeds for --compare {a},{b}: {'; '.join(too_few) or 'no common benchmark'}"
+                        f" (a paired comparison needs at least 2); valid choices to pair with {a}: "
+                        f"{', '.join(partners) or 'none'}")
     return "\n".join(parts)
 
 
@@ -134,9 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--benchmark")
     p.add_argument("--profile")
     p.add_argument("--format", default="markdown", help="markdown | latex | csv")
+    p.add_argument("--columns", help=f"comma-separated, from: {', '.join(COLUMN_KEYS)} (default: all)")
+    p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     args = p.parse_args(argv)
-    sys.stdout.write(build_table(Path(args.results), args.benchmark, args.profile, args.format))
+    columns = parse_columns(args.columns)
+    if args.compare is not None:
+        out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
+    else:
+        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns)
+    sys.stdout.write(out)
     return 0
 
 

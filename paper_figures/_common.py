@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from cl_diffusion.results import complete_runs, read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")
@@ -29,24 +30,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def load_runs(results: str, benchmark: str, profile: str) -> pd.DataFrame:
     """All per-task rows of complete runs, with variant, strategy, seed, ``grid_<key>`` (the sweep's
-    ``--grid`` values) and ``param_<key>`` (the run's strategy parameters, from config.json) columns."""
-    frames = []
-    for manifest in sorted(Path(results).glob(f"{benchmark}/{profile}/*/seed*/manifest.json")):
-        m = json.loads(manifest.read_text())
-        if m.get("status") != "complete":
-            continue
-        df = pd.read_csv(manifest.parent / "metrics.csv")
-        df["variant"], df["strategy"], df["seed"] = m["variant"], m["strategy"], int(m["seed"])
-        df["run_dir"] = str(manifest.parent)
-        for k, v in m.get("grid", {}).items():
-            df[f"grid_{k}"] = v
-        params = json.loads((manifest.parent / "config.json").read_text()).get("strategy_params", {})
-        for k, v in params.items():  # e.g. teacher_steps, lambda: also for runs at their defaults
-            df[f"param_{k}"] = v
-        frames.append(df)
-    if not frames:
+    ``--grid`` values) and ``param_<key>`` (the run's strategy parameters, from config.json) columns:
+    :func:`cl_diffusion.results.read_metrics`, the reader the tables use too."""
+    df = read_metrics(complete_runs(results, benchmark, profile))
+    if df.empty:
         raise SystemExit(f"no complete runs under {results}/{benchmark}/{profile}: run the sweep first")
-    return pd.concat(frames, ignore_index=True)
+    return df
 
 
 def sort_variants(variants) -> list[str]:

@@ -36,3 +36,92 @@ def test_mean_se_best_and_determinism(tmp_path, capsys):
     assert main(["--results", str(tmp_path), "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("strategy,seeds,FID,FID_clf")
     assert main(["--results", str(tmp_path), "--format", "html"]) == 2
+
+
+# ---- new columns, aggregates, --columns, --compare ---------------------------------------------------------
+
+def _run_v2(root, strategy, seed, fid_clf, kid_clf, acc_matrix):
+    """A run with the new metrics columns and a per_task.csv (2 tasks); ``acc_matrix`` = [[a00], [a10, a11]]."""
+    d = root / "fmnist-5" / "quick" / strategy / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text("task,fid,fid_clf,kld,ard,acc,forgetting,kid_clf,kid_clf_std,precision_clf,"
+                                   f"recall_clf,kid,kid_std,precision,recall\n1,,99,9,0.9,0.99,0,1,0.1,0.5,0.5,,,,\n"
+                                   f"2,,{fid_clf},0.5,0.2,0.6,0.1,{kid_clf},0.001,0.8,0.7,,,,\n")
+    (a00,), (a10, a11) = acc_matrix
+    (d / "per_task.csv").write_text(f"strategy,task_after,task_j,fid_clf,kid_clf,acc\n{strategy},1,1,20,1,{a00}\n"
+                                    f"{strategy},2,1,30,2,{a10}\n{strategy},2,2,25,1.5,{a11}\n")
+    (d / "manifest.json").write_text(json.dumps({"status": "complete", "benchmark": "fmnist-5", "profile": "quick",
+                                                 "variant": strategy, "strategy": strategy, "seed": seed}))
+
+
+def _mean_se(values):
+    import statistics
+
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _grid(tmp_path):
+    _run_v2(tmp_path, "gd", 0, 10.0, 0.0100, [[0.90], [0.50, 0.80]])
+    _run_v2(tmp_path, "gd", 1, 12.0, 0.0140, [[0.96], [0.62, 0.86]])
+    _run_v2(tmp_path, "gd", 2, 17.0, 0.0200, [[0.91], [0.55, 0.83]])
+    _run_v2(tmp_path, "gr", 0, 40.0, 0.0300, [[0.90], [0.20, 0.80]])
+    _fake_run(tmp_path, "gr", 1, 41.0, 0.40)  # written before the new columns: no KID, no per_task.csv
+    _run_v2(tmp_path, "gr", 3, 50.0, 0.0500, [[0.90], [0.10, 0.80]])
+    _run_v2(tmp_path, "lwf", 0, 30.0, 0.0400, [[0.90], [0.30, 0.80]])
+
+
+def test_new_columns_and_aggregates_mean_se(tmp_path):
+    _grid(tmp_path)
+    table = build_table(tmp_path, "fmnist-5", "quick", "csv")
+    header, *rows = table.splitlines()
+    cols = header.split(",")
+    assert cols[:8] == ["strategy", "seeds", "FID", "FID_clf", "KLD", "ARD", "ACC", "Forgetting"]  # today's first
+    by_name = {r.split(",")[0]: dict(zip(cols, r.split(","))) for r in rows}
+    gd, gr = by_name["gd"], by_name["gr"]
+    m, se = _mean_se([0.0100, 0.0140, 0.0200])
+    assert gd["KID_clf"] == f"{m:.4f} ± {se:.4f}*"  # best (lowest) KID_clf, marked
+    # ACC FR per seed: a[1, 0] - a[0, 0]; ACC AIQ: (a00 + (a10 + a11) / 2) / 2
+    m, se = _mean_se([0.50 - 0.90, 0.62 - 0.96, 0.55 - 0.91])
+    assert gd["ACC FR"] == f"{m:.3f} ± {se:.3f}*"  # highest (least negative) is best for accuracy
+    m, se = _mean_se([(0.90 + 0.65) / 2, (0.96 + 0.74) / 2, (0.91 + 0.69) / 2])
+    assert gd["ACC AIQ"].rstrip("*") == f"{m:.3f} ± {se:.3f}"
+    assert gd["FID_clf FR"].rstrip("*") == "10.00 ± 0.00"  # per-task FID_clf a[1, 0] - a[0, 0] = 30 - 20, all seeds
+    # gr: the old run has no KID and no per_task.csv -> its seeds count only where it has values
+    assert gr["seeds"] == "3" and gr["KID_clf"] == f"{0.04:.4f} ± {0.01:.4f}"
+    assert gr["Prec"] == "–" and gd["Rec_clf"].startswith("0.700")
+
+
+def test_columns_option_and_bad_names(tmp_path, capsys):
+    _grid(tmp_path)
+    assert main(["--results", str(tmp_path), "--format", "csv", "--columns", "kid_clf,acc_fr"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "strategy,seeds,KID_clf,ACC FR"
+    assert main(["--results", str(tmp_path), "--columns", "fid_clf,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown column 'nope'; valid choices: fid, fid_clf,") and err.count("\n") == 1
+    assert "acc_fr" in err
+
+
+def test_paired_comparison_by_hand(tmp_path, capsys):
+    _grid(tmp_path)
+    assert main(["--results", str(tmp_path), "--format", "csv", "--compare", "gd,gr"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(",")[0]: line.split(",")[1:] for line in out.splitlines()}
+    assert rows["metric"] == ["gd - gr", "seeds"]
+    m, se = _mean_se([10.0 - 40.0, 12.0 - 41.0])  # seeds 0 and 1 are shared; gd's 2 and gr's 3 are not
+    assert rows["FID_clf"] == [f"{m:.2f} ± {se:.2f}", "2"]
+    assert rows["KID_clf"] == [f"{0.0100 - 0.0300:.4f}", "1"]  # gr seed 1 has no KID: one pair, no SE
+    assert rows["FID"] == ["–", "0"]
+
+
+def test_compare_errors(tmp_path, capsys):
+    _grid(tmp_path)
+    assert main(["--results", str(tmp_path), "--compare", "gd,sgd"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown strategy in --compare 'sgd'; valid choices: gr, gd, lwf")
+    assert err.count("\n") == 1
+    assert main(["--results", str(tmp_path), "--compare", "gd,lwf"]) == 2  # lwf has seed 0 only
+    err = capsys.readouterr().err
+    assert err.startswith("error: too few shared seeds for --compare gd,lwf: fmnist-5/quick shares seeds [0]")
+    assert err.rstrip().endswith("valid choices to pair with gd: gr") and err.count("\n") == 1
+    assert main(["--results", str(tmp_path), "--compare", "gd"]) == 2
+    assert "expected two different variants" in capsys.readouterr().err

@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
+
+
+def scalars(row: Mapping[str, float], per_task: list[Mapping[str, float]]) -> Iterator[tuple[str, float]]:
+    """The logged names and values of one evaluation: ``eval/<name>`` for the metrics row and
+    ``per_task/<name>/task<j>`` for each per-task row; blank (None or NaN) values are skipped.
+    Shared by the TensorBoard and the W&B (:mod:`.wandblog`) loggers."""
+    named = [(f"eval/{key}", v) for key, v in row.items()]
+    named += [(f"per_task/{key}/task{r['task_j']}", v) for r in per_task for key, v in r.items()
+              if key not in ("task_after", "task_j")]
+    for name, v in named:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or isinstance(v, str):
+            continue
+        yield name, float(v)
 
 
 class MetricsLogger:
@@ -37,12 +50,8 @@ class MetricsLogger:
             self.writer.add_scalar(name, float(value), step)
 
     def log(self, step: int, row: Mapping[str, float], per_task: list[Mapping[str, float]]) -> None:
-        for key, v in row.items():
-            self.scalar(f"eval/{key}", v, step)
-        for r in per_task:
-            for key, v in r.items():
-                if key not in ("task_after", "task_j"):
-                    self.scalar(f"per_task/{key}/task{r['task_j']}", v, step)
+        for name, v in scalars(row, per_task):
+            self.scalar(name, v, step)
         self.writer.flush()
 
     def close(self) -> None:
