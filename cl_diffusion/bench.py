@@ -23,11 +23,12 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import UserError, cli_main
+
+if TYPE_CHECKING:
+    import torch
 
 # Sizes per (device type, quick): the full CPU run of paper-fmnist took 3-5 min with 1 thread on 2
 # shared cores (see docs/bench.md) and --quick about a minute; a GPU gets the paper's batch sizes.
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="images per training step (default by device)")
     p.add_argument("--sample-batch", type=int, help="images per DDIM sampling call (default by device)")
     p.add_argument("--strategy-batch", type=int, help="current images per strategy iteration (default by device)")
+    p.add_argument("--force", action="store_true", help="run even where the memory estimate exceeds what is available")
     return p
 
 
@@ -85,6 +87,23 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> tuple[An
     return Settings(preset=args.preset, compile=compile_on, **d), reason
 
 
+def check_memory(s: Any, device: torch.device, force: bool) -> None:
+    """Refuse settings whose training steps need more memory than ``device`` has (unless ``force``):
+    the preset at its native size, the larger of a training batch and a strategy iteration's
+    current + replay images, one frozen copy (the teacher)."""
+    from . import preflight
+    from .models import MODELS
+
+    p = MODELS.get(s.preset)
+    fp = preflight.footprint(s.preset, p.in_channels, p.image_size)
+    batch = max(s.train_batch, 2 * s.strategy_batch)
+    parts = preflight.memory_parts(fp, batch, s.sample_batch, 1, None, p.in_channels, p.image_size)
+    hint = {"weights": f"choose a smaller --preset than {s.preset!r}",
+            "activations": f"lower --batch (now {s.train_batch}) or --strategy-batch (now {s.strategy_batch})",
+            "sampling": f"lower --sample-batch (now {s.sample_batch})"}
+    preflight.check_memory(parts, device, hint, force)
+
+
 def _diffusers_version() -> str | None:
     try:
         import diffusers
@@ -95,6 +114,8 @@ def _diffusers_version() -> str | None:
 
 def run_bench(s: Any, device: torch.device, compile_reason: str = "", log=print) -> dict[str, Any]:
     """Run every section and return the result (JSON-ready); ``meta`` says where and how."""
+    import torch
+
     from . import __version__
     from .benchlib import sections
     from .benchlib.flops import device_info
@@ -126,6 +147,8 @@ def run_bench(s: Any, device: torch.device, compile_reason: str = "", log=print)
 def busy_warnings(load1: float) -> list[str]:
     """A warning when other processes already keep the CPU cores busy: torch's OpenMP threads then
     wait on each other at every operator and CPU timings (ratios less so) get much slower."""
+    import torch
+
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     if load1 + threads <= cores + 0.5:
         return []
@@ -137,6 +160,8 @@ def busy_warnings(load1: float) -> list[str]:
 
 def result_path(out: Path, device: torch.device, preset: str, quick: bool) -> Path:
     """``bench_<device>_<preset>[_t<threads>][_quick].json``; CPU figures depend on the thread count."""
+    import torch
+
     threads = f"_t{torch.get_num_threads()}" if device.type == "cpu" else ""
     return Path(out) / f"bench_{device.type}_{preset}{threads}{'_quick' if quick else ''}.json"
 
@@ -147,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     args = build_parser().parse_args(argv)
+    from .preflight import check_out_dir
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"bad value {args.threads} for --threads: must be >= 1")
+    check_out_dir(args.out, "--out")
+    import torch
+
     from .app import load_plugins, resolve_device
     from .benchlib.report import format_table
     from .io import atomic_write_json
@@ -154,10 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_plugins()
     device = resolve_device(args.device)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"bad value {args.threads} for --threads: must be >= 1")
         torch.set_num_threads(args.threads)
     settings, compile_reason = resolve_settings(args, device)
+    check_memory(settings, device, args.force)
     path = result_path(Path(args.out), device, settings.preset, args.quick)
     res = run_bench(settings, device, compile_reason, log)
     res["meta"]["command"] = "python -m cl_diffusion.bench " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import options
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .evaluation.config import EvalConfig
 
 
@@ -92,7 +92,8 @@ class Config:
         for section in self.sections():
             if options.set_option(section, key, raw):
                 return
-        raise UserError(f"unknown option {key!r}; valid options: {', '.join(sorted(self.keys()))}")
+        raise UserError(f"unknown option {key!r}; valid options: {', '.join(sorted(self.keys()))}"
+                        f"{did_you_mean(key, self.keys())}")
 
     def get(self, key: str) -> Any:
         for section in self.sections():
@@ -105,11 +106,21 @@ class Config:
         return [k for s in self.sections() for k in options.option_keys(s)]
 
     def validate(self) -> None:
+        """Check every option against its own choices and bounds, then the combinations: bounds
+        that name another option (``max="num_timesteps"``) and each section's optional ``check``
+        method (a strategy's ``Params`` declares its own rules there), called as ``check()`` or,
+        when it takes an argument, ``check(cfg)``. UserError on the first bad value."""
         for s in self.sections():
             options.validate(s)
+        for s in self.sections():
+            for f in options.option_fields(s):
+                bound_key = options.linked_max(f)
+                if bound_key is not None:
+                    options.check_linked(f, getattr(s, f.name), bound_key, self.get(bound_key))
+        for s in self.sections():
             check = getattr(s, "check", None)
             if callable(check):
-                check()
+                check(self) if _n_args(check) else check()
 
     def to_dict(self) -> dict[str, Any]:
         d = options.to_dict(self.run)
@@ -131,6 +142,13 @@ class Config:
         """Options whose values differ: key -> (self value, other value)."""
         mine, theirs = _flat(self), _flat(other)
         return {k: (mine[k], theirs.get(k)) for k in mine if mine[k] != theirs.get(k)}
+
+
+def _n_args(method: Any) -> int:
+    """Positional parameters of a bound method (0 for ``check(self)``, 1 for ``check(self, cfg)``)."""
+    import inspect
+
+    return len(inspect.signature(method).parameters)
 
 
 def _flat(cfg: Config) -> dict[str, Any]:

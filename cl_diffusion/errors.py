@@ -16,9 +16,19 @@ class NumericalError(RuntimeError):
 
 
 def choice_error(what: str, value: object, choices: Iterable[object]) -> UserError:
-    """Build the standard message: ``unknown <what> 'value'; valid choices: a, b, c``."""
-    listed = ", ".join(str(c) for c in choices)
-    return UserError(f"unknown {what} {value!r}; valid choices: {listed}")
+    """Build the standard message: ``unknown <what> 'value'; valid choices: a, b, c``, ending with
+    ``(did you mean 'b'?)`` when one choice is close to ``value`` (a typo, another case)."""
+    choices = [str(c) for c in choices]
+    return UserError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}{did_you_mean(value, choices)}")
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'gd'?)`` for the choice closest to ``value`` (ignoring case), or ''."""
+    import difflib
+
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def cli_main(main: Callable[..., int] | None = None, *, interrupted: str = "interrupted") -> Callable:

@@ -9,6 +9,7 @@ A field may carry a JSON/CLI ``key`` that differs from its Python name (``lambda
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import MISSING, Field
 from typing import Any, Iterable
@@ -17,11 +18,24 @@ from .errors import UserError
 
 
 def opt(default: Any, help: str, *, choices: Iterable[Any] | None = None, min: float | None = None,
-        max: float | None = None, min_exclusive: bool = False, key: str | None = None) -> Any:
-    """Declare one option: default, a help text with its unit, and optional choices/bounds."""
+        max: float | str | None = None, min_exclusive: bool = False, key: str | None = None,
+        finite: bool = True) -> Any:
+    """Declare one option: default, a help text with its unit, and optional choices/bounds.
+
+    ``max`` may name another option (``max="num_timesteps"``): :class:`~cl_diffusion.config.Config`
+    checks the bound against that option's value. A float option must be finite (no nan/inf)
+    unless it declares ``finite=False``.
+    """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max, "min_exclusive": min_exclusive, "key": key}
+            "min": min, "max": max, "min_exclusive": min_exclusive, "key": key, "finite": finite}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def redefault(owner: type, name: str, default: Any) -> Any:
+    """Re-declare the option ``name`` of the dataclass ``owner`` with another default, keeping its
+    help, choices and bounds: ``lambda_: float = redefault(Base.Params, "lambda_", 0.75)``."""
+    f = owner.__dataclass_fields__[name]
+    return dataclasses.field(default=default, metadata=f.metadata)
 
 
 def key_of(f: Field) -> str:
@@ -74,22 +88,51 @@ def coerce(cls: type, f: Field, raw: Any) -> Any:
         if tp is str:
             return str(raw)
     except (TypeError, ValueError):
-        raise UserError(f"bad value {raw!r} for {name}: expected {tp.__name__}") from None
+        wanted = "bool (true/false, yes/no, on/off, 1/0)" if tp is bool else f"{tp.__name__}{_bounds_text(f)}"
+        raise UserError(f"bad value {raw!r} for {name}: expected {wanted}") from None
     return raw
 
 
+def _bounds_text(f: Field, linked: tuple[str, Any] | None = None) -> str:
+    """`` >= 0 and <= 1`` for the bounds in ``f``'s metadata ('' when it has none); a ``max`` naming
+    another option reads ``<= num_timesteps``, or ``<= num_timesteps (1000)`` given ``linked``
+    (that option's key and value)."""
+    m, parts = f.metadata, []
+    if m.get("min") is not None:
+        parts.append(f"{'>' if m.get('min_exclusive') else '>='} {m['min']}")
+    if linked is not None:
+        parts.append(f"<= {linked[0]} ({linked[1]})")
+    elif m.get("max") is not None:
+        parts.append(f"<= {m['max']}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
 def check(cls: type, f: Field, value: Any) -> None:
-    """Check choices and bounds declared in the field's metadata."""
+    """Check choices, finiteness and bounds declared in the field's metadata (a ``max`` naming
+    another option is checked by :func:`check_linked`)."""
     m, name = f.metadata, key_of(f)
     if m.get("choices") is not None and value not in m["choices"]:
         listed = ", ".join(str(c) for c in m["choices"])
         raise UserError(f"bad value {value!r} for {name}; valid choices: {listed}")
+    if isinstance(value, float) and m.get("finite", True) and not math.isfinite(value):
+        raise UserError(f"bad value {value!r} for {name}: must be a finite number{_bounds_text(f)}")
     lo, hi = m.get("min"), m.get("max")
     if lo is not None and (value < lo or (m.get("min_exclusive") and value == lo)):
-        op = ">" if m.get("min_exclusive") else ">="
-        raise UserError(f"bad value {value!r} for {name}: must be {op} {lo}")
-    if hi is not None and value > hi:
-        raise UserError(f"bad value {value!r} for {name}: must be <= {hi}")
+        raise UserError(f"bad value {value!r} for {name}: must be{_bounds_text(f)}")
+    if hi is not None and not isinstance(hi, str) and value > hi:
+        raise UserError(f"bad value {value!r} for {name}: must be{_bounds_text(f)}")
+
+
+def linked_max(f: Field) -> str | None:
+    """The key of the option that bounds ``f`` from above (``max="num_timesteps"``), if any."""
+    hi = f.metadata.get("max")
+    return hi if isinstance(hi, str) else None
+
+
+def check_linked(f: Field, value: Any, bound_key: str, bound: Any) -> None:
+    """Check ``value`` of ``f`` against ``bound``, the value of the option ``bound_key``."""
+    if value > bound:
+        raise UserError(f"bad value {value!r} for {key_of(f)}: must be{_bounds_text(f, (bound_key, bound))}")
 
 
 def validate(obj: Any) -> None:

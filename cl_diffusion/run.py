@@ -37,25 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list", action="store_true", help="list strategies, benchmarks, models, profiles, options")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="with --resume: accept a different commit or config")
+    p.add_argument("--force", action="store_true", help="run what a check would refuse but can be overridden: a "
+                   "run that needs more memory than is available; with --resume, a different commit or config")
     return p
 
 
-def parse_sets(items: Sequence[str]) -> list[tuple[str, str]]:
+def parse_sets(items: Sequence[str], flag: str = "--set", expected: str = "KEY=VALUE") -> list[tuple[str, str]]:
+    """``KEY=VALUE`` strings -> ``(key, value)`` pairs; UserError naming ``flag`` for one without ``=``."""
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"bad --set {item!r}: expected KEY=VALUE")
+            raise UserError(f"bad {flag} {item!r}: expected {expected}")
         out.append((key.strip(), value.strip()))
     return out
+
+
+def run_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The run options given as flags (``--seed``, ``--data-root`` ...): the parsed arguments named
+    like a :class:`~cl_diffusion.config.RunConfig` option, when given."""
+    from .config import RunConfig
+    from .options import option_keys
+
+    return {k: getattr(args, k) for k in option_keys(RunConfig) if getattr(args, k, None) is not None}
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a ``--threads`` below 1 (None: not given)."""
+    if threads is not None and threads < 1:
+        raise UserError(f"bad value {threads} for --threads: expected an integer >= 1")
 
 
 def set_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads in this process (intra-op; not recorded in the config, since
     it changes speed only; ``config.json`` meta records the count a run used)."""
-    if threads < 1:
-        raise UserError(f"bad value {threads} for --threads: expected an integer >= 1")
+    check_threads(threads)
     import torch
 
     torch.set_num_threads(threads)
@@ -65,6 +81,12 @@ def set_threads(threads: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        sets = parse_sets(args.set)
+        check_threads(args.threads)
+        if not (args.list or args.resume):  # refuse what can be refused before torch is imported
+            from .preflight import early_checks
+
+            early_checks(args.strategy, args.profile, sets, run_fields(args))
         from . import distributed
         from .app import load_plugins, print_list, resume_run, start_run
 
@@ -74,7 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             print_list()
             return 0
-        sets = parse_sets(args.set)
         if args.resume:
             run_dir = resume_run(Path(args.resume), args, sets, force=args.force)
         else:

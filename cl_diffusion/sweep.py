@@ -7,7 +7,9 @@ Each run lives in a fixed folder ``<out>/<benchmark>/<profile>/<variant>/seed<k>
 variant is the strategy plus any ``--grid`` values (``gd__lambda=0.5``). A run is complete when its
 ``manifest.json`` exists (written last, atomically). A run that was interrupted is resumed from
 its checkpoint; a folder with no checkpoint is started afresh. So a killed sweep, started again,
-redoes only unfinished runs.
+redoes only unfinished runs. Every run of the grid is checked in full (:mod:`.preflight`: options,
+paths, the memory it needs against the device's, shared by ``--jobs`` runs) before the first one
+starts; ``--force`` starts runs whose memory estimate exceeds what is available.
 
 Executors: ``local`` (default) runs the specs one after another in this process, or ``--jobs N`` at a
 time in N worker processes of ``--threads`` torch threads each (default: the CPU cores split evenly,
@@ -75,8 +77,9 @@ def is_complete(folder: Path) -> bool:
     return (folder / "manifest.json").is_file()
 
 
-def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Path:
+def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print, force: bool = False) -> Path:
     """Run (or resume) one spec into its folder and write its manifest. Returns the folder.
+    ``force``: start it even where its memory estimate exceeds what is available.
 
     A sibling lock file ``<folder>.lock`` is held for the whole run, so two sweeps over the same
     results never work on (or delete) the same run: the second gets :class:`RunInUse`.
@@ -99,7 +102,7 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print) -> Pat
         else:
             if folder.exists():
                 shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
-            run_config(cfg, log=log, run_dir=folder)
+            run_config(cfg, log=log, run_dir=folder, force=force)
         config = json.loads((folder / "config.json").read_text())
         manifest = {"status": "complete", "command": spec.command(), "variant": spec.variant, "seed": spec.seed,
                     "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
@@ -131,7 +134,7 @@ EXECUTORS = ("local", "ray")
 
 
 def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per_run: float,
-               cpus_per_run: int) -> int:
+               cpus_per_run: int, force: bool = False) -> int:
     """Run every spec as one Ray task (``gpus_per_run`` GPUs, ``cpus_per_run`` CPUs each), print each
     finished folder as it lands; 0 if all succeeded, else 1 after listing the failures."""
     try:
@@ -146,7 +149,7 @@ def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per
         raise UserError(f"bad value {gpus_per_run:g} for --gpus-per-run: the Ray cluster has {gpus:g} GPU(s); "
                         "pass --gpus-per-run 0 to run on CPUs")
     task = ray.remote(num_gpus=gpus_per_run, num_cpus=cpus_per_run)(_execute_on_worker)
-    pending = {task.remote(spec, str(out.resolve()), cpus_per_run): spec for spec in todo}
+    pending = {task.remote(spec, str(out.resolve()), cpus_per_run, force): spec for spec in todo}
     print(f"[sweep] submitted {len(pending)} Ray tasks ({gpus_per_run:g} GPU, {cpus_per_run} CPU each)")
 
     def finished() -> Iterator[tuple[RunSpec, Callable[[], str]]]:
@@ -156,7 +159,7 @@ def run_on_ray(todo: Sequence[RunSpec], out: Path, address: str | None, gpus_per
     return _report(finished(), out)
 
 
-def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int | None) -> int:
+def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int | None, force: bool = False) -> int:
     """Run ``jobs`` specs at a time, each in a fresh (spawned) worker process with ``threads`` torch
     threads (default: the CPU cores divided by ``jobs``, at least 1); same result handling as Ray.
 
@@ -169,7 +172,7 @@ def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads or max(1, cores // jobs)
     print(f"[sweep] {len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each", flush=True)
-    args = [(i, spec, str(out.resolve()), threads) for i, spec in enumerate(todo)]
+    args = [(i, spec, str(out.resolve()), threads, force) for i, spec in enumerate(todo)]
     with _sigterm_exits(), get_context("spawn").Pool(jobs) as pool:  # Pool.__exit__ terminates the workers
         done = pool.imap_unordered(_outcome_on_worker, args)
         return _report(((todo[i], lambda r=result: _unwrap(r)) for i, result in done), out)
@@ -195,14 +198,14 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _outcome_on_worker(job: tuple[int, RunSpec, str, int]) -> tuple[int, str | BaseException]:
+def _outcome_on_worker(job: tuple[int, RunSpec, str, int, bool]) -> tuple[int, str | BaseException]:
     """A worker process's task: run one spec; return its index and its folder, or the exception it
     raised (so one failed run reaches :func:`_report` without stopping the pool)."""
     import pickle
 
-    i, spec, out, threads = job
+    i, spec, out, threads, force = job
     try:
-        return i, _execute_on_worker(spec, out, threads)
+        return i, _execute_on_worker(spec, out, threads, force)
     except Exception as err:
         try:
             pickle.loads(pickle.dumps(err))
@@ -236,7 +239,7 @@ def _report(finished: Iterator[tuple[RunSpec, Callable[[], str]]], out: Path) ->
     return 1 if failures else 0
 
 
-def _execute_on_worker(spec: RunSpec, out: str, threads: int) -> str:
+def _execute_on_worker(spec: RunSpec, out: str, threads: int, force: bool = False) -> str:
     """The body of one Ray task or worker process: :func:`execute` with ``threads`` torch threads; its
     log lines name the run (several runs interleave in the driver's output)."""
     import torch
@@ -246,17 +249,57 @@ def _execute_on_worker(spec: RunSpec, out: str, threads: int) -> str:
     torch.set_num_threads(max(1, threads))
     load_plugins()
     tag = f"[{spec.variant} seed{spec.seed}]"
-    return str(execute(spec, Path(out), log=lambda msg: print(tag, msg, flush=True)))
+    return str(execute(spec, Path(out), log=lambda msg: print(tag, msg, flush=True), force=force))
+
+
+#: Options the sweep sets itself, by the flag that chooses them: ``--set``/``--grid`` may not.
+SWEEP_FLAGS = {"strategy": "--strategies", "benchmark": "--benchmark", "profile": "--profile", "seed": "--seeds",
+               "out": "--out"}
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
-    grid = []
-    for key, value in parse_sets(items):
+    """``KEY=V1,V2`` strings -> ``(key, [values])``; UserError for a missing ``=``, no values, a
+    repeated key or a repeated value."""
+    grid: list[tuple[str, list[str]]] = []
+    for key, value in parse_sets(items, flag="--grid", expected="KEY=V1,V2,..."):
         values = [v.strip() for v in value.split(",") if v.strip()]
         if not values:
             raise UserError(f"bad --grid {key}={value!r}: expected KEY=V1,V2,...")
+        if key in (k for k, _ in grid):
+            raise UserError(f"bad --grid {key}={value}: {key} is already a --grid key; list all its values in one "
+                            f"--grid {key}=V1,V2,...")
+        _no_repeats(f"--grid {key}", values)
         grid.append((key, values))
     return grid
+
+
+def parse_list(flag: str, raw: str, what: str) -> list[str]:
+    """A comma-separated flag value -> its items; UserError when it is empty or repeats one."""
+    items = [s.strip() for s in raw.split(",") if s.strip()]
+    if not items:
+        raise UserError(f"bad {flag} {raw!r}: expected comma-separated {what}")
+    _no_repeats(flag, items)
+    return items
+
+
+def parse_seeds(raw: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; UserError naming the bad item and the valid range."""
+    seeds = []
+    for item in parse_list("--seeds", raw, "integer seeds >= 0"):
+        try:
+            seed = int(item)
+        except ValueError:
+            seed = -1
+        if seed < 0:
+            raise UserError(f"bad value {item!r} in --seeds {raw!r}: seeds are integers >= 0")
+        seeds.append(seed)
+    return seeds
+
+
+def _no_repeats(flag: str, items: Sequence[str]) -> None:
+    repeated = sorted({i for i in items if items.count(i) > 1})
+    if repeated:
+        raise UserError(f"bad {flag}: {', '.join(repeated)} is given twice (each run would repeat another)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,28 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="local: torch threads per run (default: torch's own with "
                                                "--jobs 1, else the CPU cores divided by --jobs)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
+    p.add_argument("--force", action="store_true", help="start runs whose memory estimate exceeds what is available")
     return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .app import load_plugins
-    from .profiles import resolve_config
-
-    load_plugins()
-    if args.jobs < 1:
-        raise UserError(f"bad value {args.jobs} for --jobs: expected an integer >= 1")
-    if args.threads is not None:
-        set_threads(args.threads)  # validates it; with --jobs > 1 the workers set their own
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"bad --seeds {args.seeds!r}: expected comma-separated integers") from None
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    specs = expand(args.benchmark, strategies, seeds, args.profile, parse_sets(args.set), parse_grid(args.grid))
-    for spec in specs:  # validate every config before running anything
-        resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed)
+    specs = checked_specs(args)
     out = Path(args.out)
     todo = [s for s in specs if not is_complete(s.folder(out))]
     print(f"[sweep] {len(specs)} runs, {len(specs) - len(todo)} complete, {len(todo)} to do")
@@ -311,15 +340,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  todo: {spec.folder(out)}  ({spec.command()})")
         return 0
     if args.executor == "ray":
-        return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run)
+        return run_on_ray(todo, out, args.address, args.gpus_per_run, args.cpus_per_run, args.force)
     if args.jobs > 1:
-        return run_in_processes(todo, out, args.jobs, args.threads)
+        return run_in_processes(todo, out, args.jobs, args.threads, args.force)
 
     def one_by_one() -> Iterator[tuple[RunSpec, Callable[[], str]]]:
         for i, spec in enumerate(todo, 1):
             print(f"[sweep] {i}/{len(todo)}: {spec.command()}")
-            yield spec, lambda spec=spec: str(execute(spec, out))
+            yield spec, lambda spec=spec: str(execute(spec, out, force=args.force))
     return _report(one_by_one(), out)
+
+
+def checked_specs(args: argparse.Namespace) -> list[RunSpec]:
+    """Every run of the grid, each checked in full (:mod:`.preflight`) before the first starts;
+    what needs no torch is checked before it is imported."""
+    from .preflight import check_out_dir, early_checks
+
+    for flag, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1),
+                               ("--cpus-per-run", args.cpus_per_run, 1), ("--gpus-per-run", args.gpus_per_run, 0)):
+        if value is not None and (value < least or value != value):
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise UserError(f"bad value {value} for {flag}: expected {kind} >= {least}")
+    seeds = parse_seeds(args.seeds)
+    strategies = parse_list("--strategies", args.strategies, "strategy names (see python -m cl_diffusion.run --list)")
+    sets, grid = parse_sets(args.set), parse_grid(args.grid)
+    for flag, keys in (("--set", [k for k, _ in sets]), ("--grid", [k for k, _ in grid])):
+        for key in keys:
+            if key in SWEEP_FLAGS:
+                raise UserError(f"bad {flag} {key}: the sweep sets {key} from {SWEEP_FLAGS[key]}")
+    check_out_dir(args.out, "--out")
+    for strategy in strategies:
+        early_checks(strategy, args.profile, [*sets, *((k, v) for k, vs in grid for v in vs)], {"out": args.out},
+                     SWEEP_FLAGS)
+    specs = expand(args.benchmark, strategies, seeds, args.profile, sets, grid)
+    _check_every_run(specs, Path(args.out), args)
+    return specs
+
+
+def _check_every_run(specs: Sequence[RunSpec], out: Path, args: argparse.Namespace) -> None:
+    """Resolve and check each run's config (memory against a ``--jobs`` share of the device's),
+    after each ``--grid`` value alone, so that an error names the flag it came from."""
+    import torch
+
+    from .app import load_plugins, resolve_device
+    from .config import copy_config
+    from .preflight import check_run
+    from .profiles import resolve_config
+
+    load_plugins()
+    if args.threads is not None:
+        set_threads(args.threads)  # with --jobs > 1 the workers set their own
+    for strategy in dict.fromkeys(spec.strategy for spec in specs):
+        base = resolve_config(strategy, args.benchmark, args.profile, parse_sets(args.set))
+        for key, values in parse_grid(args.grid):
+            for value in values:
+                try:
+                    copy_config(base).set(key, value)
+                except UserError as err:
+                    raise UserError(f"--grid {key}: {err}") from None
+    for spec in specs:
+        cfg = resolve_config(spec.strategy, spec.benchmark, spec.profile, [*spec.sets, *spec.grid], seed=spec.seed,
+                             out=str(spec.folder(out).parent))
+        local = args.executor == "local"  # Ray runs on its workers' devices: no memory check here
+        device = resolve_device(cfg.run.device) if local else torch.device("cpu")
+        check_run(cfg, device, force=args.force or not local, share=args.jobs if local else 1)
 
 
 if __name__ == "__main__":

@@ -126,14 +126,14 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     """Local executor: the failure is listed at the end, the other runs land, the exit status is 1."""
     specs = sweep.expand("fmnist-5", ["finetune"], [0, 1, 2], "smoke", [], [])
 
-    def fake_execute(spec, out, log=print):
+    def fake_execute(spec, out, log=print, force=False):
         if spec.seed == 1:
             raise FloatingPointError("loss is NaN")
         spec.folder(out).mkdir(parents=True)
         return spec.folder(out)
     monkeypatch.setattr(sweep, "execute", fake_execute)
     monkeypatch.setattr(sweep, "expand", lambda *a, **k: specs)
-    monkeypatch.setattr("cl_diffusion.profiles.resolve_config", lambda *a, **k: None)
+    monkeypatch.setattr(sweep, "_check_every_run", lambda *a, **k: None)
     assert sweep.main([*GRID, "--out", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
     assert [s.folder(tmp_path).is_dir() for s in specs] == [True, False, True]
