@@ -62,9 +62,9 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
     from .evaluation.evaluator import Evaluator
     from .execution import Execution
     from .models import build_model
+    from .seeding import INIT, TRAIN, derive_seed
     from .strategy import STRATEGIES
     from .stream import BENCHMARKS
-    from .trainer import derived_seed
 
     run = cfg.run
     device = resolve_device(run.device)
@@ -72,17 +72,16 @@ def build_components(cfg: Config, run_dir: Path, log: Callable[[str], None] = pr
     if run.batch_size > stream.min_task_train_size:
         raise UserError(f"bad value {run.batch_size} for batch_size: larger than the smallest task's training "
                         f"set ({stream.min_task_train_size} images); choose batch_size <= {stream.min_task_train_size}")
-    torch.manual_seed(derived_seed(run.seed, 0))
+    torch.manual_seed(derive_seed(run.seed, INIT))
     execution = Execution.resolve(run, device)
     model = execution.prepare(build_model(run.model, stream.channels, run.image_size).to(device))
     schedule = NoiseSchedule.from_config(run).to(device)
     rank = distributed.rank()  # rank 0 draws exactly what a single process draws; the others their own
     if rank > 0:
-        torch.manual_seed(derived_seed(run.seed, 0, rank))
-    generator = torch.Generator(device=device).manual_seed(derived_seed(run.seed, 1, *([rank] if rank else [])))
-    strategy_cls = STRATEGIES.get(run.strategy)
-    strategy = strategy_cls(model, schedule, cfg, generator, device)
-    evaluator = Evaluator(cfg, stream, schedule, device, run_dir, strategy_cls.solver_mode)
+        torch.manual_seed(derive_seed(run.seed, INIT, rank))
+    rng = torch.Generator(device=device).manual_seed(derive_seed(run.seed, TRAIN, *([rank] if rank else [])))
+    strategy = STRATEGIES.get(run.strategy)(model, schedule, cfg, rng, device, execution)
+    evaluator = Evaluator(cfg, stream, schedule, device, run_dir, execution)
     return Components(cfg, device, stream, model, schedule, strategy, evaluator, execution)
 
 
@@ -111,11 +110,17 @@ def start_run(args: argparse.Namespace, sets: list[tuple[str, str]], log: Callab
     if not args.strategy or not args.benchmark:
         raise UserError("--strategy and --benchmark are required (see --list for the choices)")
     cfg = resolve_config(args.strategy, args.benchmark, args.profile or "paper", sets, **_run_fields(args))
+    force = getattr(args, "force", False)
     if args.dry_run:
+        from . import preflight
+
+        plan = preflight.check_run(cfg, resolve_device(cfg.run.device), force=force)
         log(describe_profile(cfg))
+        for line in preflight.cost_lines(plan):
+            log(line)
         log(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return None
-    return run_config(cfg, log)
+    return run_config(cfg, log, force=force)
 
 
 def run_experiment(strategy: str, benchmark: str, profile: str = "paper", sets: Iterable[tuple[str, str]] = (),
@@ -124,18 +129,27 @@ def run_experiment(strategy: str, benchmark: str, profile: str = "paper", sets: 
     return run_config(resolve_config(strategy, benchmark, profile, sets, **run_fields), log)
 
 
-def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | None = None) -> Path:
+def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | None = None,
+               force: bool = False) -> Path:
     """Train and evaluate a resolved config in a fresh run directory (``run_dir`` must not exist;
-    by default a new one is made under ``cfg.run.out``). Writes config.json first. Under torchrun,
-    rank 0 makes the directory and writes the files; every rank trains."""
-    resolve_device(cfg.run.device)  # joins the torchrun process group, if any, before rank 0 decides
+    by default a new one is made under ``cfg.run.out``). Every check of :mod:`.preflight` runs
+    first (``force``: run even where the memory estimate exceeds what is available), and the
+    run's cost is printed before training. Writes config.json first. Under torchrun, rank 0 makes
+    the directory and writes the files; every rank trains."""
+    from . import preflight
+
+    device = resolve_device(cfg.run.device)  # joins the torchrun process group, if any, before rank 0 decides
     log = rank_log(log)
+    if run_dir is not None:
+        preflight.check_new_dir(run_dir, "run directory")
+    plan = preflight.check_run(cfg, device, force=force, out=run_dir.parent if run_dir is not None else None)
     log(describe_profile(cfg))
     if distributed.is_main():
         run_dir = _make_run_dir(cfg, run_dir)
     run_dir = distributed.broadcast_path(run_dir)
     try:
         comps = build_components(cfg, run_dir, log)
+        plan = preflight.check_stream(plan, comps.stream)  # the memory check, where the data's size was unknown
     except BaseException:
         if distributed.is_main():
             _remove_if_empty(run_dir)
@@ -146,6 +160,8 @@ def run_config(cfg: Config, log: Callable[[str], None] = print, run_dir: Path | 
         if distributed.world_size() > 1:
             meta["world_size"] = distributed.world_size()
         atomic_write_json(run_dir / "config.json", dict(cfg.to_dict(), meta=meta))
+        for line in preflight.cost_lines(plan):
+            log(line)
     log(f"run directory: {run_dir}")
     return _train(comps, run_dir, log, resume=False)
 
@@ -172,8 +188,8 @@ def _train(comps: Components, run_dir: Path, log: Callable[[str], None], resume:
     from .trainer import Trainer
 
     with run_lock(run_dir):
-        trainer = Trainer(comps.cfg, run_dir, comps.device, comps.stream, comps.model, comps.strategy,
-                          comps.evaluator, log)
+        trainer = Trainer(comps.cfg, run_dir, comps.device, comps.stream, comps.strategy, comps.evaluator,
+                          comps.execution, log)
         if resume:
             path = trainer.restore(warn=log)
             log(f"resumed from {path}: task {trainer.pos.task + 1}, phase {trainer.pos.phase}, "
@@ -240,7 +256,7 @@ def print_list(out: Callable[[str], None] = print) -> None:
 
     out("strategies:")
     for name, cls in STRATEGIES.items():
-        params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.default_params()))
+        params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.Params()))
         out(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
             + (f"  [{params}]" if params else ""))
     out("benchmarks:")

@@ -123,7 +123,7 @@ def load_latest(ckpt_dir: Path, warn=print) -> tuple[Any, Path]:
     raise CheckpointError(f"no checkpoint in {ckpt_dir}")
 
 
-def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Model weights alone, as safetensors (for users loading a task's model)."""
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Weights alone (a model's state dict, or a strategy's ``generator_tensors``), as safetensors."""
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save(sd, metadata=metadata))

@@ -118,6 +118,12 @@ def to_model_range(u8: torch.Tensor) -> torch.Tensor:
     return u8.to(torch.float32) / 127.5 - 1.0
 
 
+def random_hflip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Each image of x [B, C, H, W] mirrored left-right with probability 1/2 (one draw of ``rng`` per image)."""
+    flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """Model-space images in [-1, 1] -> [0, 1], clamped."""
     return ((x + 1.0) * 0.5).clamp(0.0, 1.0)

@@ -8,7 +8,7 @@ torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MA
 Without them (plain ``python -m cl_diffusion.run``) the world has one process and every helper
 here is a no-op that returns its input unchanged, so single-process runs are untouched.
 
-Who does what (see ``README.md``, "Scaling out"): every rank trains on its share of each global
+Who does what (see ``docs/scaling.md``): every rank trains on its share of each global
 batch (gradients averaged by DistributedDataParallel) and generates its slice of the evaluation
 samples; rank 0 alone evaluates them and writes files; the other ranks wait at a barrier.
 """

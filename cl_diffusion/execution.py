@@ -1,4 +1,4 @@
-"""How the networks execute: memory format, precision and compilation (issue 6).
+"""How the networks execute: memory format, precision and compilation.
 
 Three run options choose how every eps-network call runs; none changes what is computed beyond
 floating-point rounding, and each has a default per device (``auto``):
@@ -17,7 +17,7 @@ Why these defaults: on this project's 2-core Ice Lake CPU (no native bf16) chann
 training step 1.2-1.3x faster, bf16 autocast made it 2x *slower* (emulated), and
 ``torch.compile`` gained 1.18x after a 1-2 minute compile, which a CPU-scale run does not win
 back (docs/bench.md). The CUDA defaults follow the usual practice for Hopper/Ampere GPUs and have
-not been measured by this project yet (no GPU was lent in the sessions so far).
+not been measured on a GPU yet.
 
 bf16 autocast covers the student's forward (the loss), the teacher's replay sampling and the
 evaluation sampling; the sampler arithmetic, the loss reduction, the optimizer and the

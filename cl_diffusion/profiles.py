@@ -4,8 +4,8 @@
 ``paper`` overrides). ``quick`` and ``smoke`` scale it down for 2 CPU cores; every run prints
 how its resolved config differs from the paper's (:func:`paper_diff`).
 
-Resolution order: field defaults -> benchmark ``paper`` overrides -> the strategy's paper
-defaults for that benchmark -> profile overrides -> the benchmark's overrides for that profile
+Resolution order: field defaults (the strategy's in its ``Params``) -> benchmark ``paper``
+overrides -> profile overrides -> the benchmark's overrides for that profile
 (``BenchmarkSpec.profiles``) -> ``--set`` values.
 """
 from __future__ import annotations
@@ -80,10 +80,9 @@ def resolve_config(strategy: str, benchmark: str, profile: str = "paper",
     strategy_cls = STRATEGIES.get(strategy)
     spec = BENCHMARKS.get(benchmark)
     prof = PROFILES.get(profile)
-    cfg = Config(run=RunConfig(), eval=EvalConfig(), strategy_params=strategy_cls.default_params())
+    cfg = Config(run=RunConfig(), eval=EvalConfig(), strategy_params=strategy_cls.Params())
     _apply(cfg, {"strategy": strategy, "benchmark": benchmark, "profile": profile}, "run")
     _apply(cfg, spec.paper, f"benchmark {benchmark}")
-    _apply(cfg, strategy_cls.paper_params.get(benchmark, {}), f"strategy {strategy}")
     _apply(cfg, prof.overrides, f"profile {profile}")
     _apply(cfg, spec.profiles.get(profile, {}), f"benchmark {benchmark} at profile {profile}")
     _apply(cfg, {k: v for k, v in run_fields.items() if v is not None}, "option")

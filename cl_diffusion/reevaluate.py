@@ -35,14 +35,15 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     """Run the evaluator after each task of ``run_dir`` on its saved weights into the new folder ``out``."""
     from safetensors.torch import load_file
 
-    from .app import build_components, load_plugins, load_run_config
+    from .app import build_components, load_plugins, load_run_config, resolve_device
     from .evaluation.config import EvalConfig
     from .io import atomic_write_json, provenance, write_csv
     from .options import option_keys
+    from .preflight import check_new_dir, check_run
+    from .strategy import TaskContext
 
     load_plugins()
-    if out.exists():
-        raise UserError(f"{out} exists; choose another --out (results are never overwritten)")
+    check_new_dir(out, "--out")
     cfg, source_meta = load_run_config(run_dir, need_ckpt=False)
     allowed = [*option_keys(EvalConfig), *HOW_OPTIONS]
     for key, value in sets:
@@ -58,6 +59,7 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     if missing:
         raise UserError(f"{run_dir} lacks the saved weights {', '.join(missing)} (committed results keep "
                         "metrics, not weights: rerun the sweep to make them)")
+    check_run(cfg, resolve_device(cfg.run.device), out=out.parent, training=False)
     out.mkdir(parents=True)
     try:
         comps = build_components(cfg, out, log=log)
@@ -69,9 +71,13 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     atomic_write_json(out / "config.json", {**cfg.to_dict(), "meta": meta})
     rows: list[dict[str, Any]] = []
     per_task: list[dict[str, Any]] = []
+    strategy, stream = comps.strategy, comps.stream
     for k, path in enumerate(weights):
-        comps.model.load_state_dict(load_file(str(path)))
-        row, task_rows = comps.evaluator.after_task(k, comps.model)
+        ctx = TaskContext(k, stream, comps.model)
+        if k > 0 and strategy.keeps_previous:
+            strategy.freeze_previous(ctx)  # the generator after task k-1, still loaded
+        strategy.load_generator(load_file(str(path)), ctx)
+        row, task_rows = comps.evaluator.after_task(k, strategy.generator(ctx), strategy.solver_training(ctx))
         rows.append({"task": k + 1, **row})
         per_task += [{"strategy": cfg.run.strategy, **r} for r in task_rows]
         write_csv(out / "metrics.csv", rows)

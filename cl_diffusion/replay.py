@@ -13,35 +13,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .diffusion import ddim_sample, q_sample, sample_timesteps
+from .diffusion import ddim_sample, mse, q_sample
 from .diffusion.schedule import NoiseSchedule
-from .execution import Execution
 from .options import opt
-from .strategy import CostCounters, Strategy
+from .strategy import Batch, Costs, Strategy, TaskContext
 
 
 class Teacher:
-    """A frozen copy theta' of the model, with cost counters.
+    """The frozen previous generator theta' (:attr:`Strategy.previous`, not a copy of it) as a
+    teacher, with cost counters.
 
-    It shares no parameters, buffers or optimizer state with the student. All its calls run
-    under ``torch.no_grad()`` and are timed; ``forwards`` counts batched network calls and
-    ``image_evals`` counts per-image network evaluations (forwards x batch size).
+    All its calls run under ``torch.no_grad()`` and are timed; ``teacher_forwards`` counts batched
+    network calls and ``teacher_image_evals`` per-image network evaluations (forwards x batch size).
     """
 
-    def __init__(self, model: nn.Module, schedule: NoiseSchedule, steps: int, spacing: str, clip_x0: bool,
-                 counters: CostCounters, execution: Execution | None = None) -> None:
-        self.net = (execution or Execution()).frozen_copy(model)
-        self.schedule, self.steps, self.spacing, self.clip_x0 = schedule, steps, spacing, clip_x0
-        self.counters = counters
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, steps: int, spacing: str, clip_x0: bool,
+                 costs: Costs) -> None:
+        self.net, self.schedule, self.steps, self.spacing, self.clip_x0 = net, schedule, steps, spacing, clip_x0
+        self.costs = costs
 
     def _counted(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.counters.teacher_forwards += 1
-        self.counters.teacher_image_evals += x.shape[0]
+        self.costs.teacher_forwards += 1
+        self.costs.teacher_image_evals += x.shape[0]
         return self.net(x, t)
 
     def _timed(self, fn, *args, **kwargs) -> torch.Tensor:
@@ -50,7 +47,7 @@ class Teacher:
             out = fn(*args, **kwargs)
         if out.is_cuda:
             torch.cuda.synchronize(out.device)
-        self.counters.teacher_seconds += time.perf_counter() - start
+        self.costs.teacher_seconds += time.perf_counter() - start
         return out
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -66,21 +63,40 @@ class Teacher:
                            spacing=self.spacing, clip_x0=self.clip_x0, stop_at=stop_at)
 
 
-
 class DistillationStrategy(Strategy):
-    """Base of gr, gd, lwf, gaussian and pgd: a teacher frozen at each task boundary plus a
-    replay term. Subclasses implement :meth:`replay_pair` only."""
+    """Base of gr, gd, lwf, gaussian and pgd: the previous generator as teacher plus a replay term.
+    Subclasses implement :meth:`replay_pair` only."""
 
     @dataclass
     class Params:
         lambda_: float = opt(1.0, "weight lambda of the replay/distillation term", min=0.0, key="lambda")
-        teacher_steps: int = opt(2, "DDIM steps the teacher uses to generate replay (eta 0)", min=1)
-
-    solver_mode: ClassVar[str] = "replay"
+        teacher_steps: int = opt(2, "DDIM steps the teacher uses to generate replay (eta 0)", min=1,
+                                 max="num_timesteps")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher: Teacher | None = None
+        self._teacher: Teacher | None = None
+
+    @property
+    def teacher(self) -> Teacher | None:
+        """The teacher over :attr:`previous` (None on the first task)."""
+        if self.previous is None:
+            return None
+        if self._teacher is None or self._teacher.net is not self.previous:
+            run = self.cfg.run
+            self._teacher = Teacher(self.previous, self.schedule, self.params.teacher_steps, run.spacing,
+                                    run.clip_x0, self.costs_)
+        return self._teacher
+
+    @classmethod
+    def replay_images_per_image(cls, params: "DistillationStrategy.Params") -> float:
+        """B replay images beside the B current ones."""
+        return 1.0
+
+    @classmethod
+    def teacher_forwards_per_replay_image(cls, params: "DistillationStrategy.Params") -> float:
+        """A DDIM sample of ``teacher_steps`` steps and one target prediction (gd)."""
+        return params.teacher_steps + 1.0
 
     # ---- the one hook subclasses write --------------------------------------------------------
     def replay_pair(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -92,13 +108,6 @@ class DistillationStrategy(Strategy):
         raise NotImplementedError
 
     # ---- shared building blocks for replay_pair -------------------------------------------------
-    def random_t(self, n: int) -> torch.Tensor:
-        """t' ~ U{0..T-1}, int64 [n]."""
-        return sample_timesteps(n, self.schedule.T, self.generator, self.device)
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-
     def noised_teacher_samples(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The teacher's DDIM sample x0~, noised forward to a random t'.
 
@@ -111,41 +120,19 @@ class DistillationStrategy(Strategy):
         return q_sample(self.schedule, x0_tilde, t_r, eps_r), t_r, eps_r
 
     # ---- the loss ---------------------------------------------------------------------------
-    def loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch, ctx: TaskContext) -> tuple[torch.Tensor, dict[str, float]]:
         """L = (1/n) L_data + (1 - 1/n) lambda L_replay (Masip et al. 2024, Sec. 4).
 
         The current batch and the replay batch go through the student in one forward pass.
         """
-        x_t, t, eps = self.noise_batch(x0)
         if self.teacher is None:
-            l_data = torch.mean((self.model(x_t, t) - eps) ** 2)
-            return l_data, {"loss_data": float(l_data.detach())}
+            return super().loss(batch, ctx)
+        x0 = batch.x0
+        x_t, t, eps = self.noise_batch(x0)
         x_r, t_r, target = self.replay_pair(x0, x_t, t)
-        out = self.model(torch.cat([x_t, x_r]), torch.cat([t, t_r]))
+        out = ctx.student(torch.cat([x_t, x_r]), torch.cat([t, t_r]))
         B = x0.shape[0]
-        l_data = torch.mean((out[:B] - eps) ** 2)
-        l_replay = torch.mean((out[B:] - target) ** 2)
-        n = self.task_index + 1
+        l_data, l_replay = mse(out[:B], eps), mse(out[B:], target)
+        n = ctx.n_seen
         loss = l_data / n + (1.0 - 1.0 / n) * self.params.lambda_ * l_replay
         return loss, {"loss_data": float(l_data.detach()), "loss_replay": float(l_replay.detach())}
-
-    # ---- teacher lifecycle ----------------------------------------------------------------------
-    def _new_teacher(self) -> Teacher:
-        run = self.cfg.run
-        return Teacher(self.model, self.schedule, self.params.teacher_steps, run.spacing, run.clip_x0, self.counters,
-                       Execution.resolve(run, self.device))
-
-    def after_task(self, k: int) -> None:
-        """Freeze the model into the next task's teacher theta'."""
-        self.teacher = self._new_teacher()
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self.teacher is None:
-            return {}
-        return {f"teacher.{k}": v for k, v in self.teacher.net.state_dict().items()}
-
-    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], k_done: int) -> None:
-        own = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
-        if own:
-            self.teacher = self._new_teacher()
-            self.teacher.net.load_state_dict(own)

@@ -44,7 +44,8 @@ def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -
     from .evaluation.frechet import fid_from_features
     from .evaluation.histogram import ard, class_histogram, kld
     from .io import provenance
-    from .sampling import generate
+    from .sampling import Sampling, generate
+    from .strategy import TaskContext
 
     load_plugins()
     cfg, _ = load_run_config(run_dir, need_ckpt=False)
@@ -56,8 +57,10 @@ def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -
     comps = build_components(cfg, run_dir, log=lambda *_: None)
     if task > comps.stream.n_tasks:
         raise UserError(f"bad value {task} for --task: the run has {comps.stream.n_tasks} tasks")
-    comps.model.load_state_dict(load_file(str(weights)))
     device, stream, ev = comps.device, comps.stream, cfg.eval
+    ctx = TaskContext(task - 1, stream, comps.model)
+    comps.strategy.load_generator(load_file(str(weights)), ctx)
+    generator = comps.strategy.generator(ctx)
     clf = get_classifier(ev, stream, device, log=log)
     k = task - 1
     seen = stream.seen_test(k)
@@ -69,7 +72,8 @@ def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -
     for s in steps:
         start = time.perf_counter()
         with torch.inference_mode():
-            x = generate(comps.model, comps.schedule, cfg, shape, n, device, steps=s, batch_size=ev.eval_batch_size)
+            x = generate(generator, comps.schedule, Sampling.of(cfg, comps.execution, steps=s), shape, n, device,
+                         batch_size=ev.eval_batch_size)
         feats, logits = classify(clf.model, to_uint8(x), ev.eval_batch_size, device)
         pred = logits.argmax(1)
         p_gen = class_histogram(pred, stream.num_classes)

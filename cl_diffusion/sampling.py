@@ -6,6 +6,7 @@ so every strategy is compared on the same noise and any sample can be reproduced
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,43 +16,52 @@ from .config import Config
 from .diffusion import SAMPLERS
 from .diffusion.schedule import NoiseSchedule
 from .execution import Execution
+from .mixture import routing
+from .seeding import per_index_noise
 from .stream import TaskStream
 
 
-def per_index_noise(seed: int, start: int, n: int, shape: tuple[int, int, int],
-                    device: torch.device) -> torch.Tensor:
-    """x_T ~ N(0, I) for sample indices start..start+n-1, each from its own seeded generator.
+@dataclass(frozen=True)
+class Sampling:
+    """How evaluation samples are drawn: the run seed (sample i's x_T), DDIM steps, eta, timestep
+    spacing, x0 clipping, and the execution settings (autocast)."""
 
-    Returns [n, C, H, W] float32 on ``device``.
-    """
-    out = torch.empty((n, *shape))
-    for j in range(n):
-        g = torch.Generator().manual_seed((seed * 1_000_003 + start + j) % (1 << 63))
-        out[j] = torch.randn(shape, generator=g)
-    return out.to(device)
+    seed: int
+    steps: int
+    eta: float = 0.0
+    spacing: str = "trailing"
+    clip_x0: bool = True
+    execution: Execution = Execution()
+
+    @classmethod
+    def of(cls, cfg: Config, execution: Execution, steps: int | None = None) -> "Sampling":
+        """The run's settings, at ``steps`` DDIM steps (default: ``eval_steps``)."""
+        run = cfg.run
+        return cls(run.seed, steps or cfg.eval.eval_steps, run.eta, run.spacing, run.clip_x0, execution)
 
 
 @torch.no_grad()
-def generate(model: nn.Module, schedule: NoiseSchedule, cfg: Config, shape: tuple[int, int, int], n: int,
-             device: torch.device, steps: int, start: int = 0, batch_size: int = 256,
-             sampler: str = "ddim") -> torch.Tensor:
-    """n samples x0 [n, C, H, W] in [-1, 1] (on CPU), DDIM with the run's eta/spacing/clip settings."""
-    run = cfg.run
+def generate(model: nn.Module, schedule: NoiseSchedule, how: Sampling, shape: tuple[int, int, int], n: int,
+             device: torch.device, start: int = 0, batch_size: int = 256, sampler: str = "ddim") -> torch.Tensor:
+    """Samples start..start+n-1: x0 [n, C, H, W] in [-1, 1] (on CPU); a :class:`~.mixture.Mixture`
+    routes sample i to its expert by (seed, i)."""
     was_training = model.training
     model.eval()
     chunks = []
-    with Execution.resolve(run, torch.device(device)).autocast():
+    with how.execution.autocast():
         for lo in range(0, n, batch_size):
             m = min(batch_size, n - lo)
-            x_T = per_index_noise(run.seed, start + lo, m, shape, device)
-            g = torch.Generator(device=device).manual_seed(run.seed + start + lo)
-            chunks.append(SAMPLERS[sampler](model, schedule, x_T, steps=steps, eta=run.eta, spacing=run.spacing,
-                                            clip_x0=run.clip_x0, generator=g).float().cpu())
+            x_T = per_index_noise(how.seed, start + lo, m, shape, device)
+            g = torch.Generator(device=device).manual_seed(how.seed + start + lo)
+            with routing(model, how.seed, torch.arange(start + lo, start + lo + m)):
+                x = SAMPLERS[sampler](model, schedule, x_T, steps=how.steps, eta=how.eta, spacing=how.spacing,
+                                      clip_x0=how.clip_x0, generator=g)
+            chunks.append(x.float().cpu())
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty((0, *shape))
 
 
-def save_grid(x: torch.Tensor, path: Path, title: str = "") -> None:
+def save_grid(x: torch.Tensor, path: Path) -> None:
     """Save images x [N, C, H, W] in [-1, 1] as one PNG grid (atomically)."""
     import io
 
@@ -66,11 +76,9 @@ def save_grid(x: torch.Tensor, path: Path, title: str = "") -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def sample_grid(model: nn.Module, schedule: NoiseSchedule, cfg: Config, stream: TaskStream,
-                device: torch.device, path: Path, title: str = "") -> torch.Tensor:
-    """Draw ``grid_samples`` samples at the evaluation DDIM steps and save them as a PNG grid."""
-    shape = (stream.channels, stream.image_size, stream.image_size)
-    x = generate(model, schedule, cfg, shape, cfg.run.grid_samples, device, steps=cfg.eval.eval_steps,
-                 batch_size=cfg.eval.eval_batch_size)
-    save_grid(x, path, title)
+def sample_grid(model: nn.Module, schedule: NoiseSchedule, how: Sampling, shape: tuple[int, int, int], n: int,
+                device: torch.device, path: Path, batch_size: int = 256) -> torch.Tensor:
+    """Draw samples 0..n-1 and save them as a PNG grid; returns them ([n, C, H, W] in [-1, 1])."""
+    x = generate(model, schedule, how, shape, n, device, batch_size=batch_size)
+    save_grid(x, path)
     return x

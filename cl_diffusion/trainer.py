@@ -1,15 +1,16 @@
 """The one training loop: tasks -> epochs -> batches, with checkpoints and evaluation.
 
-For each task k the :class:`Trainer` asks the strategy for its training data, trains for
-``epochs`` (capped by ``iters_per_task``) with Adam and gradient-norm clipping, calls the
-strategy's ``after_task``, draws a sample grid, runs the evaluator and appends one row to
-``metrics.csv``. All randomness comes from explicit generators whose states are checkpointed,
-so a run killed at any point and resumed from its last checkpoint ends with the same metrics
-(wall-clock ``*_seconds`` columns aside).
+For each task k the :class:`Trainer` calls the strategy's hooks (:mod:`cl_diffusion.strategy`):
+``begin_task``, ``train_data`` and ``trainable_parameters``; then for ``epochs`` (capped by
+``iters_per_task``) ``loss``, backward, ``after_backward``, gradient-norm clipping, an Adam step and
+``after_step``; then ``end_task``. It draws a sample grid from the strategy's ``generator``, runs the
+evaluator and appends one row to ``metrics.csv``. All randomness comes from explicit generators
+(:mod:`cl_diffusion.seeding`) whose states are checkpointed, so a run killed at any point and
+resumed from its last checkpoint ends with the same metrics (wall-clock ``*_seconds`` aside).
 
 Under torchrun (:mod:`.distributed`) every rank takes its share of each global batch and the
-strategy's student forward runs through DistributedDataParallel; losses are averaged over the
-ranks, so every rank holds the same :class:`Position`. Rank 0 writes the files; each rank's RNG
+strategy gets the DistributedDataParallel wrapper as its student (``TaskContext.student``);
+losses are averaged over the ranks, so every rank holds the same :class:`Position`. Rank 0 writes the files; each rank's RNG
 states and cost counters go into the checkpoint, so a resume is exact there too.
 """
 from __future__ import annotations
@@ -17,10 +18,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ from torch import nn
 from . import distributed
 from .checkpoint import load_latest, save_checkpoint, save_weights
 from .config import Config
-from .data import LabeledImages, to_model_range
+from .data import LabeledImages, random_hflip, to_model_range
 from .errors import NumericalError
 from .execution import Execution
 from .io import write_csv
-from .sampling import sample_grid
-from .strategy import Strategy
+from .sampling import Sampling, sample_grid
+from .seeding import order_generator
+from .strategy import Batch, Costs, Strategy, TaskContext
 from .stream import TaskStream
 
 
@@ -59,29 +60,33 @@ class Position:
     per_task_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, task, epoch ...), stable across runs and platforms."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
-
-
 class Trainer:
     """Runs one configured stream from its current :class:`Position` to the end."""
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, stream: TaskStream,
-                 model: nn.Module, strategy: Strategy, evaluator: Any, log: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, stream: TaskStream, strategy: Strategy,
+                 evaluator: Any, execution: Execution, log: Callable[[str], None] = print) -> None:
         self.cfg, self.run_dir, self.device, self.stream = cfg, run_dir, device, stream
-        self.model, self.strategy, self.evaluator, self.log = model, strategy, evaluator, log
-        self.generator = strategy.generator
+        self.strategy, self.evaluator, self.execution, self.log = strategy, evaluator, execution, log
+        self.model, self.rng = strategy.model, strategy.rng
         self.pos = Position()
-        self.optimizer = self._new_optimizer()
-        self.ddp = distributed.wrap(model, device)  # ``model`` itself on a single process
-        self.execution = Execution.resolve(cfg.run, device)
+        self.params: list[nn.Parameter] = []  # what the optimizer updates in this task
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ddp = distributed.wrap(self.model, device)  # ``model`` itself on a single process
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.run.lr)
+    def context(self, k: int) -> TaskContext:
+        """What the strategy's hooks get during task k; the student is the DDP wrapper under torchrun."""
+        return TaskContext(k, self.stream, self.ddp)
+
+    def _train_parameters(self, ctx: TaskContext, new_optimizer: bool) -> None:
+        """Freeze all but the strategy's trainable parameters; a new Adam over them if asked, or if
+        the trainable set changed."""
+        self.params = self.strategy.trainable_parameters(ctx)
+        chosen = {id(p) for p in self.params}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in chosen)
+        current = [p for g in self.optimizer.param_groups for p in g["params"]] if self.optimizer else []
+        if new_optimizer or [id(p) for p in current] != [id(p) for p in self.params]:
+            self.optimizer = torch.optim.Adam(self.params, lr=self.cfg.run.lr)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -99,64 +104,48 @@ class Trainer:
         return min(total, run.iters_per_task) if run.iters_per_task > 0 else total
 
     def train_task(self, k: int) -> None:
-        run, pos = self.cfg.run, self.pos
-        self.strategy.task_index = k
-        data = self.strategy.train_data(self.stream, k)
-        n_iters = self.iterations_per_task(len(data))
+        run, pos, ctx = self.cfg.run, self.pos, self.context(k)
         if pos.iters == 0:
+            self.strategy.begin_task(ctx)
             pos.costs_at_start = self.strategy.costs()
-            if run.reset_optimizer or k == 0:
-                self.optimizer = self._new_optimizer()
+        data = self.strategy.train_data(ctx)
+        n_iters = self.iterations_per_task(len(data))
+        self._train_parameters(ctx, new_optimizer=pos.iters == 0 and (run.reset_optimizer or k == 0))
         bar = self._bar(total=n_iters, initial=pos.iters, desc=f"task {k + 1}/{self.stream.n_tasks}")
         self.ddp.train()
-        with self._student_in_ddp():
-            while pos.iters < n_iters:
-                order = self._epoch_order(k, pos.epoch, len(data))
-                n_batches = math.ceil(len(data) / run.batch_size)
-                while pos.batch < n_batches and pos.iters < n_iters:
-                    start, cpu_start = time.perf_counter(), time.process_time()
-                    idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
-                    self._step(self._batch(data, distributed.shard(idx)), k)  # this rank's share
-                    pos.batch += 1
-                    pos.iters += 1
-                    pos.train_seconds += time.perf_counter() - start
-                    if pos.train_cpu_seconds is not None:
-                        pos.train_cpu_seconds += time.process_time() - cpu_start
-                    bar.update(1)
-                    if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
-                        self.checkpoint()
-                if pos.batch >= n_batches:
-                    pos.epoch, pos.batch = pos.epoch + 1, 0
+        while pos.iters < n_iters:
+            order = self._epoch_order(k, pos.epoch, len(data))
+            n_batches = math.ceil(len(data) / run.batch_size)
+            while pos.batch < n_batches and pos.iters < n_iters:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
+                self._step(self._batch(data, distributed.shard(idx)), ctx)  # this rank's share
+                pos.batch += 1
+                pos.iters += 1
+                pos.train_seconds += time.perf_counter() - start
+                if pos.train_cpu_seconds is not None:
+                    pos.train_cpu_seconds += time.process_time() - cpu_start
+                bar.update(1)
+                if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
+                    self.checkpoint()
+            if pos.batch >= n_batches:
+                pos.epoch, pos.batch = pos.epoch + 1, 0
         bar.close()
-        self.strategy.after_task(k)
-
-    @contextmanager
-    def _student_in_ddp(self) -> Iterator[None]:
-        """While iterations run, the strategy's student forward goes through the DDP wrapper (so
-        gradients are averaged over ranks); its other hooks (the teacher copy) see the plain module."""
-        self.strategy.model = self.ddp
-        try:
-            yield
-        finally:
-            self.strategy.model = self.model
+        self.strategy.end_task(ctx)
 
     def _epoch_order(self, k: int, epoch: int, n: int) -> torch.Tensor:
         """The data order of one epoch, from a generator seeded by (seed, task, epoch)."""
-        g = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, k, epoch))
-        return torch.randperm(n, generator=g)
+        return torch.randperm(n, generator=order_generator(self.cfg.run.seed, k, epoch))
 
-    def _batch(self, data: LabeledImages, idx: torch.Tensor) -> torch.Tensor:
-        """Clean images x0 [B, C, H, W] in [-1, 1] on the device, flipped at random if the stream asks."""
+    def _batch(self, data: LabeledImages, idx: torch.Tensor) -> Batch:
+        """The batch ``idx`` of ``data`` on the device: x0 in [-1, 1], flipped at random if the stream asks."""
         x0 = to_model_range(data.images[idx].to(self.device, non_blocking=True))
-        if self.stream.hflip:
-            flip = torch.rand(x0.shape[0], generator=self.generator, device=self.device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return x0
+        return Batch(random_hflip(x0, self.rng) if self.stream.hflip else x0, data.labels[idx].to(self.device))
 
-    def _step(self, x0: torch.Tensor, k: int) -> None:
-        pos, run = self.pos, self.cfg.run
+    def _step(self, batch: Batch, ctx: TaskContext) -> None:
+        pos, run, k = self.pos, self.cfg.run, ctx.k
         with self.execution.autocast():  # the backward pass runs outside, as autocast asks
-            loss, stats = self.strategy.loss(x0)
+            loss, stats = self.strategy.loss(batch, ctx)
         value, stats = _mean_over_ranks(loss, stats)  # the same on every rank: all skip, or none
         if not math.isfinite(value):
             where = f"task {k + 1}, epoch {pos.epoch + 1}, iteration {pos.iters + 1}"
@@ -169,9 +158,11 @@ class Trainer:
                                  f"in {self.run_dir / 'ckpt'} (set nan_policy=skip to skip such batches)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.strategy.after_backward(ctx)
         if run.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), run.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, run.grad_clip)
         self.optimizer.step()
+        self.strategy.after_step(ctx)
         pos.loss_sum += value
         for key, v in stats.items():
             pos.stat_sums[key] = pos.stat_sums.get(key, 0.0) + v
@@ -179,22 +170,24 @@ class Trainer:
     # ---- end of task ----------------------------------------------------------------------------
     def finish_task(self, k: int) -> None:
         """Sample grid, evaluation, metrics row, weights and checkpoint; then move to task k+1."""
-        pos, main = self.pos, distributed.is_main()
+        pos, main, ctx = self.pos, distributed.is_main(), self.context(k)
+        generator = self.strategy.generator(ctx)
         start = time.perf_counter()
         if main:
-            sample_grid(self.model, self.strategy.schedule, self.cfg, self.stream, self.device,
-                        self.run_dir / f"samples_task{k + 1}.png",
-                        title=f"{self.cfg.run.strategy} after task {k + 1}")
+            shape = (self.stream.channels, self.stream.image_size, self.stream.image_size)
+            sample_grid(generator, self.strategy.schedule, Sampling.of(self.cfg, self.execution), shape,
+                        self.cfg.run.grid_samples, self.device, self.run_dir / f"samples_task{k + 1}.png",
+                        batch_size=self.cfg.eval.eval_batch_size)
         sample_seconds = time.perf_counter() - start
         row = self._train_row(k, sample_seconds)
         if self.evaluator is not None:  # every rank: it shards the sampling; rank 0 gets the metrics
-            eval_row, per_task = self.evaluator.after_task(k, self.model)
+            eval_row, per_task = self.evaluator.after_task(k, generator, self.strategy.solver_training(ctx))
             row.update(eval_row)
             pos.per_task_rows.extend({"strategy": self.cfg.run.strategy, **r} for r in per_task)
         pos.rows.append(row)
         if main:
             self.write_metrics()
-            save_weights(self.run_dir / f"model_task{k + 1}.safetensors", self.model,
+            save_weights(self.run_dir / f"model_task{k + 1}.safetensors", self.strategy.generator_tensors(),
                          {"task": str(k + 1), "strategy": self.cfg.run.strategy})
         self.pos = Position(task=k + 1, rows=pos.rows, per_task_rows=pos.per_task_rows)
         self.checkpoint()
@@ -205,12 +198,15 @@ class Trainer:
         n = max(pos.iters - pos.nan_skipped, 1)
         costs = {key: v - pos.costs_at_start.get(key, 0) for key, v in self.strategy.costs().items()}
         costs = _costs_over_ranks(costs)
+        for key in Costs.PER_ITERATION:
+            costs[f"{key}_per_iter"] = costs.pop(key) / max(pos.iters, 1)
         row: dict[str, Any] = {"task": k + 1, "classes": " ".join(map(str, self.stream.tasks[k].classes)),
                                "train_loss": pos.loss_sum / n, "train_iters": pos.iters}
         row.update({key: v / n for key, v in sorted(pos.stat_sums.items())})
         row.update({"nan_skipped": pos.nan_skipped, "train_seconds": pos.train_seconds,
                     "train_cpu_seconds": pos.train_cpu_seconds, "sample_seconds": sample_seconds})
         row.update(costs)
+        row.update(self.strategy.storage())
         return row
 
     def write_metrics(self) -> None:
@@ -227,10 +223,10 @@ class Trainer:
             "position": asdict(self.pos),
             "counters": self.strategy.costs(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "strategy": self.strategy.state_tensors(),
             "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(), "cuda": list(cuda),
+            "rng": {"generator": self.rng.get_state(), "torch": torch.get_rng_state(), "cuda": list(cuda),
                     "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                     "python": _py_state_to_json(random.getstate())},
         }
@@ -242,7 +238,7 @@ class Trainer:
         """What differs between data-parallel ranks: RNG states, and the teacher cost counters with
         their values at the start of the task ([n_counters, 2]); CPU tensors."""
         counters = [[v, self.pos.costs_at_start.get(key, 0)] for key, v in self.strategy.costs().items()]
-        out = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+        out = {"generator": self.rng.get_state(), "torch": torch.get_rng_state(),
                "counters": torch.tensor(counters, dtype=torch.float64)}
         if self.device.type == "cuda":
             out["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -260,17 +256,18 @@ class Trainer:
     def restore(self, warn: Callable[[str], None] = print) -> Path:
         """Load the newest good checkpoint of this run directory; returns its path."""
         state, path = load_latest(self.run_dir / "ckpt", warn=warn)
-        self.model.load_state_dict(state["model"])
         self.pos = Position(**{"train_cpu_seconds": None, **state["position"]})  # older checkpoints lack it
-        for key, v in state["counters"].items():
-            setattr(self.strategy.counters, key, v)
-        self.strategy.load_state_tensors(state["strategy"], self.pos.task)
-        self.optimizer = self._new_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.restore_costs(state["counters"])
+        ctx = self.context(min(self.pos.task, self.stream.n_tasks - 1))
+        self.strategy.load_state_tensors(state["strategy"], ctx)  # first: it may add modules to the model
+        self.model.load_state_dict(state["model"])
+        if state["optimizer"]:
+            self._train_parameters(ctx, new_optimizer=True)
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.evaluator is not None and state["evaluator"]:
             self.evaluator.load_state_dict(state["evaluator"])
         rng = state["rng"]
-        self.generator.set_state(rng["generator"])
+        self.rng.set_state(rng["generator"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -290,14 +287,14 @@ class Trainer:
         if r >= saved:
             return  # keeps the fresh per-rank seeds of build_components
         mine = {key: v[r].clone() for key, v in ranks.items()}  # set_state misreads a row view: copy it
-        self.generator.set_state(mine["generator"])
+        self.rng.set_state(mine["generator"])
         torch.set_rng_state(mine["torch"])
         if "cuda" in mine and self.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], self.device)
-        for key, (now, at_start) in zip(self.strategy.costs(), mine["counters"].tolist()):
-            kind = type(getattr(self.strategy.counters, key))
-            setattr(self.strategy.counters, key, kind(now))
-            self.pos.costs_at_start[key] = kind(at_start)
+        costs = self.strategy.costs()
+        rows = dict(zip(costs, mine["counters"].tolist()))
+        self.strategy.restore_costs({key: now for key, (now, _) in rows.items()})
+        self.pos.costs_at_start.update({key: type(costs[key])(at_start) for key, (_, at_start) in rows.items()})
 
     def _bar(self, **kwargs: Any):
         from tqdm.auto import tqdm

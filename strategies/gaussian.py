@@ -1,6 +1,9 @@
 """gaussian: Gaussian distillation (Masip et al. 2024): distil the teacher on pure noise
 x ~ N(0, I) at a random t'. lambda 8 follows the paper's CIFAR-10 launch scripts; on fmnist-5 at the
-quick profile (seed 0) 1 to 2 does better (README, "The lambda sweep")."""
+quick profile (seed 0) 1 to 2 does better (docs/results.md, "The lambda sweep")."""
+from dataclasses import dataclass
+
+from cl_diffusion.options import redefault
 from cl_diffusion.replay import DistillationStrategy
 from cl_diffusion.strategy import STRATEGIES
 
@@ -9,7 +12,13 @@ from cl_diffusion.strategy import STRATEGIES
 class GaussianDistillation(DistillationStrategy):
     """Gaussian distillation: pure noise inputs, target = teacher's eps."""
 
-    defaults = {"lambda": 8.0}
+    @dataclass
+    class Params(DistillationStrategy.Params):
+        lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 8.0)
+
+    @classmethod
+    def teacher_forwards_per_replay_image(cls, params):
+        return 1.0  # the target only
 
     def replay_pair(self, x0, x_t, t):
         x_r = self.randn_like(x0)

@@ -4,8 +4,11 @@ Replay input: the teacher's DDIM sample x0~ noised to a random t' (as in gr); ta
 teacher's own prediction eps_theta'(input, t') instead of the added noise.
 lambda 0.75 follows the paper's launch scripts (CIFAR-10; FMNIST at 10/100 teacher steps); at 2
 teacher steps on fmnist-5, quick profile (seed 0), it is the best of the sweep 0.25 to 2 in FID_clf
-and KLD (README, "The lambda sweep").
+and KLD (docs/results.md, "The lambda sweep").
 """
+from dataclasses import dataclass
+
+from cl_diffusion.options import redefault
 from cl_diffusion.replay import DistillationStrategy
 from cl_diffusion.strategy import STRATEGIES
 
@@ -14,7 +17,9 @@ from cl_diffusion.strategy import STRATEGIES
 class GenerativeDistillation(DistillationStrategy):
     """Generative distillation (the paper's method): noised teacher samples, target = teacher's eps."""
 
-    defaults = {"lambda": 0.75}
+    @dataclass
+    class Params(DistillationStrategy.Params):
+        lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 0.75)
 
     def replay_pair(self, x0, x_t, t):
         x_r, t_r, _ = self.noised_teacher_samples(x0)

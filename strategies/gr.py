@@ -2,6 +2,9 @@
 
 Replay input: the teacher's DDIM sample x0~ noised to a random t'; target: the noise eps' added.
 """
+from dataclasses import dataclass
+
+from cl_diffusion.options import redefault
 from cl_diffusion.replay import DistillationStrategy
 from cl_diffusion.strategy import STRATEGIES
 
@@ -10,7 +13,13 @@ from cl_diffusion.strategy import STRATEGIES
 class GenerativeReplay(DistillationStrategy):
     """Generative replay: noised teacher samples, target = the noise added."""
 
-    defaults = {"lambda": 1.0}
+    @dataclass
+    class Params(DistillationStrategy.Params):
+        lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 1.0)
+
+    @classmethod
+    def teacher_forwards_per_replay_image(cls, params):
+        return float(params.teacher_steps)  # the target is the noise added: no target pass
 
     def replay_pair(self, x0, x_t, t):
         x_r, t_r, eps_r = self.noised_teacher_samples(x0)

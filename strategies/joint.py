@@ -1,14 +1,22 @@
-"""joint: the paper's 'cumulative' upper bound - keep training the same model on all data seen so far."""
+"""joint: the paper's 'cumulative' upper bound - keep training the same model on all data seen so far.
+
+The evaluation solver trains on all data seen so far too, with no replay."""
 from cl_diffusion.data import LabeledImages
-from cl_diffusion.strategy import STRATEGIES, Strategy
-from cl_diffusion.stream import TaskStream
+from cl_diffusion.strategy import STRATEGIES, SolverTraining, Strategy, TaskContext
 
 
 @STRATEGIES.register("joint")
 class Joint(Strategy):
     """Epsilon-MSE on the union of tasks 0..k during task k."""
 
-    solver_mode = "joint"
+    keeps_previous = False
 
-    def train_data(self, stream: TaskStream, k: int) -> LabeledImages:
-        return stream.seen_train(k)
+    @classmethod
+    def trained_tasks(cls, k: int) -> range:
+        return range(k + 1)
+
+    def train_data(self, ctx: TaskContext) -> LabeledImages:
+        return ctx.stream.seen_train(ctx.k)
+
+    def solver_training(self, ctx: TaskContext) -> SolverTraining:
+        return SolverTraining(ctx.stream.seen_train(ctx.k), replay=None)

@@ -1,7 +1,10 @@
 """lwf: LwF-like distillation (Li & Hoiem 2017) as in Masip et al. (2024): no generated input -
 distil the teacher on the current batch's own noisy x_t at its own t. lambda 1.25 follows the paper's
-CIFAR-10 launch scripts; on fmnist-5 at the quick profile (seed 0) 0.25 does better (README, "The
+CIFAR-10 launch scripts; on fmnist-5 at the quick profile (seed 0) 0.25 does better (docs/results.md, "The
 lambda sweep")."""
+from dataclasses import dataclass
+
+from cl_diffusion.options import redefault
 from cl_diffusion.replay import DistillationStrategy
 from cl_diffusion.strategy import STRATEGIES
 
@@ -10,7 +13,13 @@ from cl_diffusion.strategy import STRATEGIES
 class LwFDistillation(DistillationStrategy):
     """LwF-like distillation: current batch's x_t, target = teacher's eps."""
 
-    defaults = {"lambda": 1.25}
+    @dataclass
+    class Params(DistillationStrategy.Params):
+        lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 1.25)
+
+    @classmethod
+    def teacher_forwards_per_replay_image(cls, params):
+        return 1.0  # the target only
 
     def replay_pair(self, x0, x_t, t):
         return x_t, t, self.teacher.eps(x_t, t)

@@ -1,6 +1,9 @@
 """pgd: partial-generation distillation (Masip et al. 2024): the teacher's DDIM trajectory from
 x_T is stopped at a random t' and its intermediate x_t' is the input; the target is
 eps_theta'(x_t', t'). Cheaper than gd on average, since trajectories stop early."""
+from dataclasses import dataclass
+
+from cl_diffusion.options import redefault
 from cl_diffusion.replay import DistillationStrategy
 from cl_diffusion.strategy import STRATEGIES
 
@@ -9,7 +12,13 @@ from cl_diffusion.strategy import STRATEGIES
 class PartialGenerationDistillation(DistillationStrategy):
     """Partial-generation distillation: teacher trajectory stopped at t', target = teacher's eps."""
 
-    defaults = {"lambda": 0.75}
+    @dataclass
+    class Params(DistillationStrategy.Params):
+        lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 0.75)
+
+    @classmethod
+    def teacher_forwards_per_replay_image(cls, params):
+        return params.teacher_steps / 2 + 2.0  # about half the trajectory, its final jump, the target
 
     def replay_pair(self, x0, x_t, t):
         t_r = self.random_t(x0.shape[0])

@@ -1,4 +1,4 @@
-"""Shared fixtures: a per-session cache for evaluation classifiers, and smoke-run helpers."""
+"""Shared fixtures: a shared cache for evaluation classifiers, and smoke-run helpers."""
 from __future__ import annotations
 
 import csv
@@ -25,14 +25,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 
 def dataset_available(benchmark: str) -> bool:
+    """Whether ``benchmark``'s data can be had here at default options (no data root), through the
+    spec's own ``load``: a benchmark that generates its data (``synthetic``) always has it, one
+    that reads a dataset looks where ``load_dataset`` looks. ``load`` only, not ``build`` (no
+    resizing or splitting)."""
     from cl_diffusion.app import load_plugins
-    from cl_diffusion.data import load_dataset
+    from cl_diffusion.config import RunConfig
     from cl_diffusion.errors import UserError
     from cl_diffusion.stream import BENCHMARKS
 
     load_plugins()
     try:
-        load_dataset(BENCHMARKS.get(benchmark).dataset, "")
+        BENCHMARKS.get(benchmark).load(RunConfig(benchmark=benchmark))
         return True
     except UserError:
         return False

@@ -12,24 +12,22 @@ import pytest
 
 from cl_diffusion.run import main
 
-from .conftest import REPO, dataset_available, read_csv, run_cli
+from .conftest import REPO, read_csv, run_cli
 
-needs_fmnist = pytest.mark.skipif(not dataset_available("fmnist-5"), reason="Fashion-MNIST not available")
 
 
 def _run_dirs(out: Path) -> set[str]:
     return {p.name for p in out.iterdir()} if out.exists() else set()
 
 
-@needs_fmnist
 def test_smoke_run_end_to_end(run_dirs):
     out = run_dirs / "e2e"
-    proc = run_cli("--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(out))
+    proc = run_cli("--strategy", "finetune", "--benchmark", "synthetic", "--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     assert run_dir.parent == out and run_dir.is_dir()
     rows = read_csv(run_dir / "metrics.csv")
-    assert len(rows) == 5
+    assert len(rows) == 3
     assert {"task", "train_loss", "train_seconds", "sample_seconds"} <= set(rows[0])
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["profile"] == "smoke" and cfg["seed"] == 0 and cfg["meta"]["device"] == "cpu"
@@ -38,10 +36,9 @@ def test_smoke_run_end_to_end(run_dirs):
     assert list((run_dir / "ckpt").glob("state-*.safetensors"))
 
 
-@needs_fmnist
 def test_set_reaches_strategy_and_config(run_dirs, capsys):
     out = run_dirs / "dry"
-    code = main(["--strategy", "gd", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(out),
+    code = main(["--strategy", "gd", "--benchmark", "synthetic", "--profile", "smoke", "--out", str(out),
                  "--dry-run", "--set", "teacher_steps=10", "--set", "lambda=0.5"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -79,14 +76,13 @@ def test_bad_input_one_line_exit_2(argv, pattern, run_dirs, capsys):
     assert _run_dirs(out) == before
 
 
-@needs_fmnist
 @pytest.mark.parametrize("sets,pattern", [
     (["batch_size=100000"], r"bad value 100000 for batch_size: larger than the smallest task"),
     (["image_size=17"], r"image size 17|image_size"),
 ], ids=["batch", "image_size"])
 def test_bad_input_needing_data(sets, pattern, run_dirs, capsys):
     out = run_dirs / "bad2"
-    argv = ["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(out)]
+    argv = ["--strategy", "finetune", "--benchmark", "synthetic", "--profile", "smoke", "--out", str(out)]
     for s in sets:
         argv += ["--set", s]
     code = main(argv)
@@ -115,21 +111,20 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@needs_fmnist
 def test_readme_strategy_example_runs(run_dirs):
     """The README's 'Add a strategy in one file' example, dropped into strategies/, runs by name."""
     path = REPO / "strategies" / "mixed.py"
     assert not path.exists()
     path.write_text(_readme_example())
     try:
-        proc = run_cli("--strategy", "mixed", "--benchmark", "fmnist-5", "--profile", "smoke",
+        proc = run_cli("--strategy", "mixed", "--benchmark", "synthetic", "--profile", "smoke",
                        "--out", str(run_dirs / "readme"), "--set", "noise_share=0.25")
     finally:
         path.unlink()
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     assert json.loads((run_dir / "config.json").read_text())["strategy_params"]["noise_share"] == 0.25
-    assert len(read_csv(run_dir / "metrics.csv")) == 5
+    assert len(read_csv(run_dir / "metrics.csv")) == 3
 
 
 PLUGIN = '''
@@ -147,7 +142,6 @@ class TeacherOnNoisyData(DistillationStrategy):
 '''
 
 
-@needs_fmnist
 def test_entry_point_plugin_from_installed_package(tmp_path, run_dirs):
     """A separate package registering through the entry-point group runs by name."""
     src = tmp_path / "src"
@@ -167,11 +161,11 @@ def test_entry_point_plugin_from_installed_package(tmp_path, run_dirs):
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                           "--target", str(site), str(src)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
-    proc = run_cli("--strategy", "outside", "--benchmark", "fmnist-5", "--profile", "smoke",
+    proc = run_cli("--strategy", "outside", "--benchmark", "synthetic", "--profile", "smoke",
                    "--out", str(run_dirs / "plugin"), env={"PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "metrics.csv")
-    assert len(rows) == 5 and int(rows[-1]["teacher_image_evals"]) > 0
+    assert len(rows) == 3 and int(rows[-1]["teacher_image_evals"]) > 0
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
@@ -187,10 +181,9 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert _run_dirs(tmp_path / "runs") == set()
 
 
-@needs_fmnist
 def test_missing_inception_weights_file(run_dirs, capsys):
     out = run_dirs / "inception"
-    code = main(["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(out),
+    code = main(["--strategy", "finetune", "--benchmark", "synthetic", "--profile", "smoke", "--out", str(out),
                  "--set", "inception_weights=/nonexistent/pt_inception.pth"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "/nonexistent/pt_inception.pth" in err, err

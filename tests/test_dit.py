@@ -2,6 +2,8 @@
 smoke run of every registered strategy with it (the model contract is the UNet's)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,9 +11,8 @@ from cl_diffusion.app import load_plugins, run_experiment
 from cl_diffusion.errors import UserError
 from cl_diffusion.models import MODELS, build_model, count_parameters
 from cl_diffusion.models.dit import DiT, DiTPreset, sincos_pos_embed_2d
-from cl_diffusion.strategy import STRATEGIES
 
-from .conftest import dataset_available, read_csv
+from .conftest import read_csv
 
 load_plugins()
 
@@ -110,12 +111,15 @@ def test_bad_sizes_are_user_errors_naming_valid_sizes() -> None:
         build_model("dit-tiny", 0, 16)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES.names())
-def test_every_strategy_trains_a_dit(strategy, run_dirs):
-    if not dataset_available("fmnist-5"):
-        pytest.skip("no Fashion-MNIST on this machine")
-    run_dir = run_experiment(strategy, "fmnist-5", "smoke", [("model", "dit-tiny")], out=str(run_dirs),
+# one strategy of each mechanism: plain, distillation (sampled / partial teacher), buffer, gradient
+# projection, penalty, path integral, per-task experts, adapters on the DiT's linear layers
+MECHANISMS = ("finetune", "gd", "pgd", "er", "agem", "ewc", "si", "ensemble", "lora")
+
+
+@pytest.mark.parametrize("strategy", MECHANISMS)
+def test_strategies_train_a_dit(strategy, run_dirs, one_thread):
+    run_dir = run_experiment(strategy, "synthetic", "smoke", [("model", "dit-tiny")], out=str(run_dirs),
                              log=lambda *_: None)
     rows = read_csv(run_dir / "metrics.csv")
-    assert [int(r["task"]) for r in rows] == [1, 2, 3, 4, 5]
-    assert all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # not NaN
+    assert [int(r["task"]) for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)

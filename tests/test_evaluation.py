@@ -2,6 +2,8 @@
 Evaluator end to end on a tiny fake stream (metrics, per-task rows, outputs, resume)."""
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 from pathlib import Path
@@ -22,6 +24,7 @@ from cl_diffusion.evaluation.evaluator import Evaluator
 from cl_diffusion.evaluation.frechet import fid_from_features, frechet_distance, gaussian_stats
 from cl_diffusion.evaluation.histogram import ard, class_histogram, kld
 from cl_diffusion.evaluation.solver import SolverNet, kd_loss, solver_loss
+from cl_diffusion.strategy import SolverTraining
 from cl_diffusion.stream import Task, TaskStream
 
 tf_fid = pytest.importorskip("torch_fidelity.metric_fid")
@@ -151,7 +154,7 @@ def test_kd_variants_and_loss_weighting_by_hand():
 
 def test_forgetting_definition(cache):
     ev = Evaluator(tiny_config(), fake_stream(n_tasks=3, per_task=1), NoiseSchedule.from_config(RunConfig(
-        num_timesteps=100)), torch.device("cpu"), cache / "run", "current")
+        num_timesteps=100)), torch.device("cpu"), cache / "run")
     ev.acc_matrix[0, 0] = 0.9
     ev.acc_matrix[1, :2] = torch.tensor([0.6, 0.8], dtype=torch.float64)
     ev.acc_matrix[2, :3] = torch.tensor([0.7, 0.5, 0.9], dtype=torch.float64)
@@ -222,7 +225,7 @@ def test_inception_weights_resolution(tmp_path, monkeypatch):
         inception.resolve_inception_weights("")
     with pytest.raises(UserError, match="nope.pth"):  # the Evaluator fails early, at construction
         Evaluator(tiny_config(fid_inception=True), fake_stream(), NoiseSchedule.from_config(RunConfig(
-            num_timesteps=100)), torch.device("cpu"), tmp_path / "run", "current")
+            num_timesteps=100)), torch.device("cpu"), tmp_path / "run")
     monkeypatch.delenv(inception.ENV_WEIGHTS)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert inception.resolve_inception_weights("", download=False).path is None
@@ -273,13 +276,15 @@ def test_evaluator_end_to_end_and_resume(cache, tmp_path, monkeypatch, variant):
     model = TinyEps(1)
     messages: list[str] = []
     run_dir = tmp_path / "run"
-    ev = Evaluator(cfg, stream, schedule, torch.device("cpu"), run_dir, "replay", log=messages.append)
-    row0, rows0 = ev.after_task(0, model)
+    ev = Evaluator(cfg, stream, schedule, torch.device("cpu"), run_dir, log=messages.append)
+    row0, rows0 = ev.after_task(0, model, SolverTraining(stream.tasks[0].train, None))
     state = ev.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+    previous = copy.deepcopy(model).eval().requires_grad_(False)  # what the strategy freezes
     with torch.no_grad():
         model.conv.weight.mul_(0.5)  # "training" between tasks
-    row1, rows1 = ev.after_task(1, model)
+    plan = SolverTraining(stream.tasks[1].train, previous)
+    row1, rows1 = ev.after_task(1, model, plan)
     for row in (row0, row1):
         assert all(math.isfinite(row[key]) for key in CORE), row
         assert math.isfinite(row["fid"]) == with_inception  # no Inception weights: blank, and said once
@@ -301,9 +306,9 @@ def test_evaluator_end_to_end_and_resume(cache, tmp_path, monkeypatch, variant):
         assert "avalanche" in info["tensorboard"].lower() or "SummaryWriter" in info["tensorboard"]
         assert any(f.stat().st_size > 0 for f in (run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # resume: a fresh evaluator loaded with the state saved before task 2 repeats task 2 exactly
-    ev2 = Evaluator(cfg, stream, schedule, torch.device("cpu"), run_dir, "replay", log=messages.append)
+    ev2 = Evaluator(cfg, stream, schedule, torch.device("cpu"), run_dir, log=messages.append)
     ev2.load_state_dict(state)
-    row1b, rows1b = ev2.after_task(1, model)
+    row1b, rows1b = ev2.after_task(1, model, plan)
     same = [k for k in row1 if "seconds" not in k]
     assert {k: row1b[k] for k in same} == pytest.approx({k: row1[k] for k in same}, nan_ok=True)
     for a, b in zip(rows1b, rows1, strict=True):
@@ -311,14 +316,17 @@ def test_evaluator_end_to_end_and_resume(cache, tmp_path, monkeypatch, variant):
 
 
 @pytest.mark.parametrize("mode", ["joint", "current"])
-def test_evaluator_other_solver_modes_and_no_samples(cache, tmp_path, mode):
+def test_evaluator_solver_without_replay_and_no_samples(cache, tmp_path, mode):
     cfg = tiny_config(eval_samples=0)
-    ev = Evaluator(cfg, fake_stream(), NoiseSchedule.from_config(cfg.run), torch.device("cpu"), tmp_path, mode)
+    stream = fake_stream()
+    ev = Evaluator(cfg, stream, NoiseSchedule.from_config(cfg.run), torch.device("cpu"), tmp_path)
     model = TinyEps(1)
     for k in range(2):
-        row, rows = ev.after_task(k, model)
+        data = stream.seen_train(k) if mode == "joint" else stream.tasks[k].train
+        row, rows = ev.after_task(k, model, SolverTraining(data, None))
     assert math.isfinite(row["acc"]) and math.isnan(row["fid_clf"]) and len(rows) == 2
-    assert ev.state_dict().keys().isdisjoint({k for k in ev.state_dict() if k.startswith("generator.")})
+    assert math.isnan(row["solver_kd"])  # no replay: no distillation term
+    assert set(ev.state_dict()) == {"acc_matrix", *(f"solver.{n}" for n in ev.solver.net.state_dict())}
 
 
 def test_classifier_is_cached_and_deterministic(cache, tmp_path, monkeypatch):

@@ -15,11 +15,10 @@ import pytest
 from cl_diffusion.app import load_plugins, run_experiment
 from cl_diffusion.run import main
 
-from .conftest import REPO, dataset_available, read_csv, run_cli
+from .conftest import REPO, read_csv, run_cli
 
 load_plugins()
-pytestmark = pytest.mark.skipif(not dataset_available("fmnist-5"), reason="Fashion-MNIST not available")
-ARGS = ["--strategy", "gd", "--benchmark", "fmnist-5", "--profile", "smoke", "--set", "checkpoint_every=1"]
+ARGS = ["--strategy", "gd", "--benchmark", "synthetic", "--profile", "smoke", "--set", "checkpoint_every=1"]
 
 
 def _comparable(run_dir: Path) -> list[dict[str, str]]:
@@ -58,7 +57,7 @@ def _start_and_kill(out: Path, n_ckpt: int, delay: float) -> Path:
 @pytest.mark.parametrize("trial", range(3))
 def test_kill9_then_resume_matches_uninterrupted(trial, reference, tmp_path):
     rng = random.Random(1000 + trial)
-    run_dir = _start_and_kill(tmp_path, n_ckpt=rng.randint(1, 15), delay=rng.uniform(0.0, 0.4))
+    run_dir = _start_and_kill(tmp_path, n_ckpt=rng.randint(1, 12), delay=rng.uniform(0.0, 0.4))
     proc = run_cli("--resume", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path(proc.stdout.strip().splitlines()[-1]) == run_dir
@@ -84,7 +83,7 @@ def test_resume_from_checkpoint_without_cpu_seconds(reference, tmp_path):
 
 
 def test_same_seed_same_metrics(reference, tmp_path):
-    run_dir = run_experiment("gd", "fmnist-5", "smoke", [("checkpoint_every", "1")], out=str(tmp_path),
+    run_dir = run_experiment("gd", "synthetic", "smoke", [("checkpoint_every", "1")], out=str(tmp_path),
                              log=lambda *_: None)
     assert _comparable(run_dir) == _comparable(reference)
 
@@ -138,19 +137,19 @@ def test_nan_loss_stops_with_position(tmp_path, capsys, monkeypatch):
 
     original = Strategy.loss
 
-    def nan_after_first_task(self, x0):
-        loss, stats = original(self, x0)
-        return (loss * float("nan") if self.task_index == 1 else loss), stats
+    def nan_after_first_task(self, batch, ctx):
+        loss, stats = original(self, batch, ctx)
+        return (loss * float("nan") if ctx.k == 1 else loss), stats
 
     monkeypatch.setattr(Strategy, "loss", nan_after_first_task)
-    code = main(["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(tmp_path)])
+    code = main(["--strategy", "finetune", "--benchmark", "synthetic", "--profile", "smoke", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "non-finite loss" in err and "task 2, epoch 1, iteration 1" in err
     (run_dir,) = list(tmp_path.iterdir())
     assert len(read_csv(run_dir / "metrics.csv")) == 1  # task 1's results are kept
     monkeypatch.setattr(Strategy, "loss", nan_after_first_task)
-    assert main(["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out",
+    assert main(["--strategy", "finetune", "--benchmark", "synthetic", "--profile", "smoke", "--out",
                  str(tmp_path / "skip"), "--set", "nan_policy=skip"]) == 0
     (skip_dir,) = list((tmp_path / "skip").iterdir())
     rows = read_csv(skip_dir / "metrics.csv")
-    assert len(rows) == 5 and int(rows[1]["nan_skipped"]) == 4
+    assert len(rows) == 3 and int(rows[1]["nan_skipped"]) == 4

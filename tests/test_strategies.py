@@ -1,8 +1,8 @@
 """Strategy math: each loss equals the paper's formula computed by hand from the same tensors.
 
 L = (1/n) L_data + (1 - 1/n) lambda L_replay on tasks after the first, L = L_data on the first
-(Masip et al. 2024, Sec. 4); the replay input and target per strategy follow the table in the
-strategies issue. Random draws are replaced by fixed tensors so the expected value is computed
+(Masip et al. 2024, Sec. 4); the replay input and target per strategy follow the strategies table
+in README. Random draws are replaced by fixed tensors so the expected value is computed
 independently of the order in which a strategy draws them.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cl_diffusion.app import load_plugins
 from cl_diffusion.config import Config, RunConfig
 from cl_diffusion.diffusion import NoiseSchedule, ddim_sample
 from cl_diffusion.evaluation.config import EvalConfig
-from cl_diffusion.strategy import STRATEGIES
+from cl_diffusion.strategy import STRATEGIES, Batch, TaskContext
 
 load_plugins()
 B, C, H = 4, 1, 8
@@ -67,12 +67,20 @@ class FixedDraws:
         strat.random_t = lambda n: times.pop(0)
 
 
+def _ctx(k: int, model: nn.Module) -> TaskContext:
+    return TaskContext(k, None, model)  # type: ignore[arg-type]  # these losses do not read the stream
+
+
+def _batch(x0: torch.Tensor) -> Batch:
+    return Batch(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
+
+
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).mean()
 
 
 def _expected_replay(name: str, d: FixedDraws, teacher: nn.Module, schedule, steps: int):
-    """(input, t', target) of the replay batch, from the strategies issue's table."""
+    """(input, t', target) of the replay batch, from README's strategies table."""
     z, t_r = d.normals[0], d.times[0]
     with torch.no_grad():
         if name in ("gr", "gd"):
@@ -98,8 +106,7 @@ REPLAY = ["gr", "gd", "lwf", "gaussian", "pgd"]
 def test_first_task_loss_is_data_loss(name):
     strat, model, schedule = _make(name)
     d = FixedDraws(strat, schedule)
-    strat.task_index = 0
-    loss, _ = strat.loss(d.x0)
+    loss, _ = strat.loss(_batch(d.x0), _ctx(0, model))
     assert torch.allclose(loss, _mse(model(d.x_t, d.t), d.eps), rtol=1e-6, atol=1e-7)
 
 
@@ -108,14 +115,13 @@ def test_first_task_loss_is_data_loss(name):
 def test_replay_loss_matches_formula(name, k):
     lam, steps = 0.6, 3
     strat, model, schedule = _make(name, lam=lam, teacher_steps=steps)
-    strat.after_task(0)
+    strat.freeze_previous(_ctx(k, model))
     teacher = strat.teacher.net
     with torch.no_grad():  # make the student differ from its teacher
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     d = FixedDraws(strat, schedule)
-    strat.task_index = k
-    loss, stats = strat.loss(d.x0)
+    loss, stats = strat.loss(_batch(d.x0), _ctx(k, model))
     x_r, t_r, target = _expected_replay(name, d, teacher, schedule, steps)
     n = k + 1
     l_data = _mse(model(d.x_t, d.t), d.eps)
@@ -127,17 +133,17 @@ def test_replay_loss_matches_formula(name, k):
 
 def test_teacher_stays_frozen_and_separate():
     strat, model, schedule = _make("gd")
-    strat.after_task(0)
+    strat.freeze_previous(_ctx(1, model))
     teacher = strat.teacher.net
+    assert teacher is strat.previous  # the frozen previous model exists once
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     assert all(not p.requires_grad for p in teacher.parameters())
     student_ptrs = {p.data_ptr() for p in model.parameters()}
     assert not student_ptrs & {p.data_ptr() for p in teacher.parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    strat.task_index = 1
     x0 = torch.rand(B, C, H, H) * 2 - 1
     for _ in range(3):
-        loss, _ = strat.loss(x0)
+        loss, _ = strat.loss(_batch(x0), _ctx(1, model))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -147,10 +153,9 @@ def test_teacher_stays_frozen_and_separate():
 
 
 def test_teacher_costs_counted():
-    strat, _, _ = _make("gd", teacher_steps=2)
-    strat.after_task(0)
-    strat.task_index = 1
-    strat.loss(torch.zeros(B, C, H, H))
+    strat, model, _ = _make("gd", teacher_steps=2)
+    strat.freeze_previous(_ctx(1, model))
+    strat.loss(_batch(torch.zeros(B, C, H, H)), _ctx(1, model))
     c = strat.costs()
     # gd: 2 DDIM steps + 1 target evaluation, each on B images
     assert c["teacher_forwards"] == 3 and c["teacher_image_evals"] == 3 * B and c["teacher_seconds"] > 0
@@ -176,11 +181,10 @@ def test_replay_training_stays_finite_at_zero_terminal_snr(name):
     assert float(schedule.alpha_bar[-1]) == 0.0
     model = NearlyIdentity()
     strat = cls(model, schedule, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-    strat.after_task(0)
-    strat.task_index = 1
+    strat.freeze_previous(_ctx(1, model))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(20):
-        loss, _ = strat.loss(torch.rand(B, C, H, H) * 2 - 1)
+        loss, _ = strat.loss(_batch(torch.rand(B, C, H, H) * 2 - 1), _ctx(1, model))
         assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()

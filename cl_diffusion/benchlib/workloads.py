@@ -158,9 +158,10 @@ def strategy_iteration(name: str, preset: str, batch: int, device: torch.device,
     """One training iteration of registered strategy ``name`` on task 2 (a teacher exists).
 
     Built as :func:`cl_diffusion.app.build_components` builds a run (real Config, preset, schedule,
-    strategy, the device's default execution options); the teacher is frozen with ``after_task(0)`` and ``task_index = 1``.
+    strategy, the device's default execution options); the previous generator (the teacher) is frozen
+    as a run freezes it at the start of task 2.
     """
-    from ..strategy import STRATEGIES
+    from ..strategy import STRATEGIES, Batch, TaskContext
 
     cfg = bench_config(preset, name, batch_size=batch, device=device.type, seed=seed)
     run, p = cfg.run, MODELS.get(preset)
@@ -168,17 +169,18 @@ def strategy_iteration(name: str, preset: str, batch: int, device: torch.device,
     execution = Execution.resolve(run, device)  # the run's own defaults for this device, as a run gets them
     model = execution.prepare(build_model(run.model, p.in_channels, run.image_size).to(device).train())
     schedule = NoiseSchedule.from_config(run).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed + 1)
-    strategy = STRATEGIES.get(name)(model, schedule, cfg, generator, device)
-    strategy.after_task(0)
-    strategy.task_index = 1
+    rng = torch.Generator(device=device).manual_seed(seed + 1)
+    strategy = STRATEGIES.get(name)(model, schedule, cfg, rng, device, execution)
+    ctx = TaskContext(1, None, model)  # type: ignore[arg-type]  # no stream: the loss does not read it
+    strategy.freeze_previous(ctx)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
     g = torch.Generator().manual_seed(seed + 2)
     x0 = (torch.rand(batch, p.in_channels, run.image_size, run.image_size, generator=g) * 2 - 1).to(device)
+    batch_ = Batch(x0, torch.zeros(batch, dtype=torch.int64, device=device))
 
     def loss() -> torch.Tensor:
         with execution.autocast():
-            return strategy.loss(x0)[0]
+            return strategy.loss(batch_, ctx)[0]
 
     return _optimizer_step(model, optimizer, loss, run.grad_clip), cfg
 

@@ -60,11 +60,17 @@ def sample_timesteps(B: int, T: int, generator: torch.Generator | None,
     return torch.randint(0, T, (B,), generator=generator, device=draw_device).to(device)
 
 
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """``mean((pred - target) ** 2)`` over batch and pixels: DDPM (Ho et al. 2020) Eq. 14 when
+    ``target`` is the noise added, the distillation loss (GD, Masip et al. 2024, Sec. 4) when it is a
+    teacher's prediction. ``pred, target``: ``[B, C, H, W]``; returns a scalar."""
+    return torch.mean((pred - target) ** 2)
+
+
 def eps_mse(model: EpsModel, schedule: NoiseSchedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """``L_simple = mean((eps_theta(x_t, t) - eps) ** 2)`` with ``x_t = q_sample(x0, t, eps)``.
 
     DDPM (Ho et al. 2020) Eq. 14. ``x0, eps``: ``[B, C, H, W]``; ``t``: int64 ``[B]``.
     Returns a scalar (mean over batch and pixels).
     """
-    x_t = q_sample(schedule, x0, t, eps)
-    return torch.mean((model(x_t, t) - eps) ** 2)
+    return mse(model(q_sample(schedule, x0, t, eps), t), eps)

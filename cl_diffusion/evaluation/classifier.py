@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..data import LabeledImages, cache_dir, to_model_range
 from ..io import atomic_write_bytes, atomic_write_json
 from ..registry import Registry
-from . import seeding
+from .. import seeding
 from .config import EvalConfig
 
 if TYPE_CHECKING:

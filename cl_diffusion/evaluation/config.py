@@ -13,12 +13,20 @@ class EvalConfig:
     # --- generated samples ----------------------------------------------------------------------
     eval_samples: int = opt(10000, "generated samples per evaluation (paper: 10,000); 0 = no sample metrics", min=0)
     eval_batch_size: int = opt(500, "batch size for evaluation sampling and feature extraction", min=1)
-    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (paper: 10 FMNIST, 20 CIFAR)", min=1)
+    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (paper: 10 FMNIST, 20 CIFAR)", min=1,
+                          max="num_timesteps")
     # --- Inception FID ----------------------------------------------------------------------------
     fid_inception: bool = opt(True, "compute the Inception FID ('fid') when InceptionV3 weights are available")
     inception_weights: str = opt("", "path to torch-fidelity's InceptionV3 weights (pt_inception-2015-12-05); "
                                     "'' = env CL_DIFFUSION_INCEPTION_WEIGHTS, else torch-fidelity's download, "
                                     "else fid is left blank")
+    # --- KID and precision/recall (hold at small sample counts; both feature spaces) ----------------
+    kid_subsets: int = opt(100, "KID (Binkowski et al. 2018): random subsets averaged, their std reported "
+                                "(torch-fidelity's default)", min=1)
+    kid_subset_size: int = opt(1000, "KID: features per subset, capped at the smaller of the two sets "
+                                     "(torch-fidelity's default)", min=2)
+    pr_k: int = opt(3, "precision/recall (Kynkaanniemi et al. 2019): k of the k-NN manifold radii (paper: 3)",
+                    min=1)
     # --- evaluation classifier (KLD/ARD, FID_clf, routing of the per-task matrix) -----------------
     classifier: str = opt("resnet18", "evaluation classifier for KLD/ARD/FID_clf", choices=("resnet18", "cnn"))
     clf_epochs: int = opt(0, "classifier training epochs over all classes' training data; "
@@ -46,3 +54,12 @@ class EvalConfig:
                           choices=("standard", "paper-code"))
     # --- outputs ------------------------------------------------------------------------------------
     tensorboard: bool = opt(False, "also log every metric to TensorBoard through Avalanche's logger")
+    wandb: bool = opt(False, "also log every metric to an offline Weights & Biases run in <run dir>/wandb, "
+                             "through Avalanche's logger (needs the 'wandb' extra; never uses the network)")
+
+    def check(self) -> None:
+        """Checks across options and the environment, run when the config is validated (before training)."""
+        if self.wandb:
+            from .wandblog import require_wandb
+
+            require_wandb()  # UserError with the install hint when the package is missing

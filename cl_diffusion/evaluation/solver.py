@@ -8,9 +8,10 @@ task, soft-labelled by the solver frozen after the previous task (the teacher):
 
     loss = (1/n) CE(student(x_real), y) + (1 - 1/n) KD(student(x_replay), teacher(x_replay)),
 
-with ``n`` the number of tasks seen including the current one (first task: CE only). Modes:
-``"replay"`` (the above), ``"joint"`` (real data of all seen tasks, no replay), ``"current"``
-(current task only, no replay: finetuning). The evaluator supplies the replayed samples (fresh per
+with ``n`` the number of tasks seen including the current one (first task: CE only). Which real
+images and which generator (if any) it learns from is the strategy's choice
+(``Strategy.solver_training``: replay for generative strategies, all data seen so far for joint,
+the current task alone for finetune). The evaluator supplies the replayed samples (fresh per
 batch, or from a per-task pool: ``solver_replay_pool``).
 """
 from __future__ import annotations
@@ -26,9 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import LabeledImages, to_model_range
-from . import seeding
+from .. import seeding
 
-SOLVER_MODES = ("replay", "joint", "current")
 KD_VARIANTS = ("standard", "paper-code")
 
 # replay(m) -> m replayed samples [m, C, H, W] in [-1, 1] on the solver's device
