@@ -596,7 +596,8 @@ def _threads(device: "torch.device") -> str:
 
 def _suggestion(plan: Plan, seconds: float) -> str:
     """One line naming the largest other profile that runs within :data:`SUGGEST_ABOVE_SECONDS`
-    here (with the run's own overrides), or the cheapest one."""
+    here (with the run's own overrides), or the cheapest one. Profiles under
+    :data:`CALIBRATE_ABOVE_FLOP` (smoke: a plumbing check whose numbers mean nothing) are not named."""
     from .profiles import PROFILES, resolve_config
 
     cfg = plan.cfg
@@ -623,14 +624,18 @@ def _suggestion(plan: Plan, seconds: float) -> str:
 
 
 def _estimate_seconds(plan: Plan) -> float | None:
-    """The run's time here from a shorter calibration; None where the data's size is not known."""
+    """The run's time here from a shorter calibration; None where the data's size is not known or
+    the run is too small to be worth naming (under :data:`CALIBRATE_ABOVE_FLOP`)."""
     from .strategy import STRATEGIES
 
     if not plan.shape.task_train:
         return None
-    passes = image_passes(plan.cfg, STRATEGIES.get(plan.cfg.run.strategy), plan.shape.task_train)
+    flops = run_flops(image_passes(plan.cfg, STRATEGIES.get(plan.cfg.run.strategy), plan.shape.task_train),
+                      plan.footprint)
+    if sum(flops.values()) <= CALIBRATE_ABOVE_FLOP:
+        return None
     rates = calibrate(plan, budget=CALIBRATION_SECONDS / 2)
-    return rates.time(run_flops(passes, plan.footprint)) if rates is not None else None
+    return rates.time(flops) if rates is not None else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -661,7 +666,8 @@ def format_count(n: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    for unit, scale in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+    for unit, scale in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
         if seconds >= 2 * scale:
-            return f"{seconds / scale:.3g} {unit}"
+            value = seconds / scale
+            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
     return f"{seconds:.2g} seconds" if seconds < 10 else f"{seconds:.0f} seconds"

@@ -156,3 +156,11 @@ def test_cost_lines_and_the_profile_that_fits(monkeypatch):
     assert lines[0].startswith("cost: ") and "training" in lines[0] and "evaluation sampling" in lines[0]
     assert lines[1].startswith("time: about ") and "days" in lines[1]
     assert lines[2].startswith("note: on this CPU this is about ") and "`--profile quick` takes about" in lines[2]
+
+
+def test_format_duration_units():
+    assert preflight.format_duration(5) == "5 seconds"
+    assert preflight.format_duration(90 * 60) == "90 minutes"
+    assert preflight.format_duration(3 * 86400) == "3 days"
+    assert preflight.format_duration(11 * 365.25 * 86400) == "11 years"
+    assert preflight.format_duration(1234 * 365.25 * 86400) == "1,234 years"
