@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import MISSING, Field
+from dataclasses import Field
 from typing import Any, Iterable
 
 from .errors import UserError
@@ -187,11 +187,3 @@ def option_keys(obj: Any) -> list[str]:
 def describe(obj: Any) -> list[tuple[str, Any, str]]:
     """(key, current value, help) for each option, for ``--list``."""
     return [(key_of(f), getattr(obj, f.name), f.metadata.get("help", "")) for f in option_fields(obj)]
-
-
-def default_of(f: Field) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    raise ValueError(f"option {f.name} has no default")

@@ -84,6 +84,7 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
         write_csv(out / "per_task.csv", per_task)
         log(f"task {k + 1}: " + "  ".join(f"{m} {row[m]:.4g}" for m in ("fid", "fid_clf", "kld", "acc")
                                            if m in row))
+    comps.evaluator.close()
     return out
 
 

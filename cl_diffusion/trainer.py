@@ -90,13 +90,17 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
-        while self.pos.task < self.stream.n_tasks:
-            k = self.pos.task
-            if self.pos.phase == "train":
-                self.train_task(k)
-                self.pos.phase = "eval"
-                self.checkpoint()
-            self.finish_task(k)
+        try:
+            while self.pos.task < self.stream.n_tasks:
+                k = self.pos.task
+                if self.pos.phase == "train":
+                    self.train_task(k)
+                    self.pos.phase = "eval"
+                    self.checkpoint()
+                self.finish_task(k)
+        finally:
+            if self.evaluator is not None:
+                self.evaluator.close()
 
     def iterations_per_task(self, n_images: int) -> int:
         run = self.cfg.run

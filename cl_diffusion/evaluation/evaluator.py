@@ -324,6 +324,13 @@ class Evaluator:
             self._wb = WandbMetricsLogger(self.run_dir, self.cfg.to_dict())
         return self._wb
 
+    def close(self) -> None:
+        """Close the TensorBoard and W&B loggers, if any (their files are complete afterwards)."""
+        for logger in (self._tb, self._wb):
+            if logger is not None:
+                logger.close()
+        self._tb = self._wb = None
+
     def info(self) -> dict[str, Any]:
         """What the metrics mean and how they were made (written to ``eval_info.json``)."""
         assert self.clf is not None and self.inception_weights is not None
