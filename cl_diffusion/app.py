@@ -19,6 +19,7 @@ from . import distributed
 from .config import Config
 from .errors import UserError
 from .io import atomic_write_json, git_commit, new_run_dir, provenance
+from .run import run_fields
 from .profiles import PROFILES, describe_profile, resolve_config
 
 
@@ -100,16 +101,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {"seed": args.seed, "device": args.device, "out": args.out, "data_root": args.data_root,
-            "class_order": args.class_order}
-
-
 def start_run(args: argparse.Namespace, sets: list[tuple[str, str]], log: Callable[[str], None] = print) -> Path | None:
     """CLI entry: resolve the config from parsed arguments and run it (or print it with --dry-run)."""
     if not args.strategy or not args.benchmark:
         raise UserError("--strategy and --benchmark are required (see --list for the choices)")
-    cfg = resolve_config(args.strategy, args.benchmark, args.profile or "paper", sets, **_run_fields(args))
+    cfg = resolve_config(args.strategy, args.benchmark, args.profile or "paper", sets, **run_fields(args))
     force = getattr(args, "force", False)
     if args.dry_run:
         from . import preflight
@@ -218,7 +214,7 @@ def resume_run(run_dir: Path, args: argparse.Namespace, sets: list[tuple[str, st
                log: Callable[[str], None] = print) -> Path:
     """CLI ``--resume``: continue a killed run; refuse a different commit or config unless ``force``."""
     cfg, meta = load_run_config(run_dir)
-    changed = [f"{k}={v}" for k, v in _run_fields(args).items() if v is not None and str(v) != str(cfg.get(k))]
+    changed = [f"{k}={v}" for k, v in run_fields(args).items() if v is not None and str(v) != str(cfg.get(k))]
     changed += [f"{k}={v}" for k, v in sets if k not in cfg.keys() or str(cfg.get(k)) != v]
     for flag in ("strategy", "benchmark", "profile"):
         if getattr(args, flag) and getattr(args, flag) != cfg.get(flag):

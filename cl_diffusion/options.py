@@ -187,3 +187,18 @@ def option_keys(obj: Any) -> list[str]:
 def describe(obj: Any) -> list[tuple[str, Any, str]]:
     """(key, current value, help) for each option, for ``--list``."""
     return [(key_of(f), getattr(obj, f.name), f.metadata.get("help", "")) for f in option_fields(obj)]
+
+
+def add_flags(parser: Any, cls: type, keys: Iterable[str], show_default: bool = True) -> None:
+    """Add ``--key-name`` flags for the options ``keys`` of the dataclass ``cls``: help, default and
+    choices come from the field, so a flag never restates what its option declares. Values stay
+    strings (default None: not given) and are coerced and checked like ``--set`` values."""
+    fields = {key_of(f): f for f in option_fields(cls)}
+    for key in keys:
+        f = fields[key]
+        choices = f.metadata.get("choices")
+        extra = f"; choices: {' | '.join(map(str, choices))}" if choices else ""
+        default = f"default {chr(39) * 2 if f.default == '' else f.default}" if show_default else ""
+        note = "; ".join(part for part in (default, extra[2:]) if part)
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(),
+                            help=f"{f.metadata.get('help', '')}" + (f" ({note})" if note else ""))

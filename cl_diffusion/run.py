@@ -14,7 +14,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .config import RunConfig
 from .errors import UserError, cli_main
+from .options import add_flags
+
+#: The run options that also have a flag of their own (``--data-root`` for ``data_root``).
+FLAG_OPTIONS = ("strategy", "benchmark", "profile", "seed", "device", "out", "data_root", "class_order")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,15 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m cl_diffusion.run", description=__doc__.split("\n")[0])
-    p.add_argument("--strategy", help="strategy name (see --list)")
-    p.add_argument("--benchmark", help="task stream name (see --list)")
-    p.add_argument("--profile", help="smoke | quick | paper (default paper)")
-    p.add_argument("--seed", type=int, help="global seed (default 0)")
-    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--out", help="parent folder of run directories (default runs/)")
-    p.add_argument("--data-root", help="dataset folder (default: $CL_DIFFUSION_DATA, system folders, download)")
+    add_flags(p, RunConfig, FLAG_OPTIONS[:2], show_default=False)  # required unless --list or --resume
+    add_flags(p, RunConfig, FLAG_OPTIONS[2:])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, one per core)")
-    p.add_argument("--class-order", help="fixed | seeded (Avalanche's seed-shuffled order)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any option")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list", action="store_true", help="list strategies, benchmarks, models, profiles, options")
@@ -54,12 +53,9 @@ def parse_sets(items: Sequence[str], flag: str = "--set", expected: str = "KEY=V
 
 
 def run_fields(args: argparse.Namespace) -> dict[str, object]:
-    """The run options given as flags (``--seed``, ``--data-root`` ...): the parsed arguments named
-    like a :class:`~cl_diffusion.config.RunConfig` option, when given."""
-    from .config import RunConfig
-    from .options import option_keys
-
-    return {k: getattr(args, k) for k in option_keys(RunConfig) if getattr(args, k, None) is not None}
+    """The run options given as their own flags (``--seed``, ``--data-root`` ...), when given; the
+    strategy, benchmark and profile are passed by name."""
+    return {k: getattr(args, k) for k in FLAG_OPTIONS[3:] if getattr(args, k, None) is not None}
 
 
 def check_threads(threads: int | None) -> None:

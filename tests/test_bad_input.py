@@ -75,7 +75,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run", RUN + s("progress=maybe"), r"bad value 'maybe' for progress: expected bool \(true/false"),
     ("run", RUN + s("lambda"), r"bad --set 'lambda': expected KEY=VALUE"),
     ("run", RUN + ["--seed", "-1"], r"bad value -1 for seed: must be >= 0"),
-    ("run", RUN + ["--seed", "one"], r"argument --seed: invalid int value: 'one'"),
+    ("run", RUN + ["--seed", "one"], r"bad value 'one' for seed: expected int"),
     ("run", RUN + ["--device", "tpu"], r"bad value 'tpu' for device; valid choices: auto, cpu, cuda"),
     ("run", RUN + ["--class-order", "random"], r"bad value 'random' for class_order; valid choices: fixed, seeded"),
     ("run", RUN + ["--threads", "0"], r"bad value 0 for --threads: expected an integer >= 1"),
