@@ -29,11 +29,15 @@ class RunConfig:
     # --- what to run -------------------------------------------------------------------------
     strategy: str = options.opt("finetune", "continual-learning strategy (see --list)")
     benchmark: str = options.opt("fmnist-5", "task stream (see --list)")
-    profile: str = options.opt("paper", "scale profile", choices=("smoke", "quick", "paper"))
-    seed: int = options.opt(0, "global seed: data order, noise, timesteps, evaluation noise", min=0)
-    device: str = options.opt("auto", "compute device", choices=("auto", "cpu", "cuda"))
-    out: str = options.opt("runs", "parent folder; each run gets a new sub-folder in it")
-    data_root: str = options.opt("", "dataset folder; '' = env CL_DIFFUSION_DATA, system folders, download")
+    profile: str = options.opt("paper", "scale profile", choices=("smoke", "quick", "paper"),
+                                protocol=False)
+    seed: int = options.opt(0, "global seed: data order, noise, timesteps, evaluation noise", min=0,
+                                protocol=False)
+    device: str = options.opt("auto", "compute device", choices=("auto", "cpu", "cuda"), protocol=False,
+                                how=True)
+    out: str = options.opt("runs", "parent folder; each run gets a new sub-folder in it", protocol=False)
+    data_root: str = options.opt("", "dataset folder; '' = env CL_DIFFUSION_DATA, system folders, download",
+                                   protocol=False, how=True)
     class_order: str = options.opt("fixed", "'fixed' = (0,1),(2,3),...; 'seeded' = Avalanche's seed-shuffled order",
                                    choices=("fixed", "seeded"))
     train_subset: int = options.opt(0, "keep at most this many training images per class; 0 = all", min=0)
@@ -62,15 +66,16 @@ class RunConfig:
                                   choices=("stop", "skip"))
     # --- execution (cl_diffusion.execution: same results within a tested tolerance) -----------
     memory_format: str = options.opt("auto", "conv memory format; auto = channels_last",
-                                     choices=("auto", "channels_last", "contiguous"))
+                                     choices=("auto", "channels_last", "contiguous"), how=True)
     precision: str = options.opt("auto", "network precision; auto = bf16 autocast where bf16 is native, else fp32",
-                                 choices=("auto", "fp32", "bf16"))
+                                 choices=("auto", "fp32", "bf16"), how=True)
     compile: str = options.opt("auto", "torch.compile the eps-networks; auto = on for CUDA, off for CPU",
-                               choices=("auto", "on", "off"))
+                               choices=("auto", "on", "off"), how=True)
     # --- outputs -------------------------------------------------------------------------------
     grid_samples: int = options.opt(64, "samples in the PNG grid written after each task", min=1)
-    checkpoint_every: int = options.opt(0, "also checkpoint every K iterations; 0 = only at task ends", min=0)
-    progress: bool = options.opt(True, "show tqdm progress bars")
+    checkpoint_every: int = options.opt(0, "also checkpoint every K iterations; 0 = only at task ends", min=0,
+                                        protocol=False)
+    progress: bool = options.opt(True, "show tqdm progress bars", protocol=False, how=True)
 
 
 SECTIONS = ("run", "eval", "strategy_params")

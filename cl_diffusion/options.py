@@ -19,15 +19,19 @@ from .errors import UserError
 
 def opt(default: Any, help: str, *, choices: Iterable[Any] | None = None, min: float | None = None,
         max: float | str | None = None, min_exclusive: bool = False, key: str | None = None,
-        finite: bool = True) -> Any:
+        finite: bool = True, protocol: bool = True, how: bool = False) -> Any:
     """Declare one option: default, a help text with its unit, and optional choices/bounds.
 
     ``max`` may name another option (``max="num_timesteps"``): :class:`~cl_diffusion.config.Config`
     checks the bound against that option's value. A float option must be finite (no nan/inf)
-    unless it declares ``finite=False``.
+    unless it declares ``finite=False``. ``protocol=False``: bookkeeping (seed, paths, logging), not
+    part of the experimental protocol, so a run does not "differ from the paper" by it.
+    ``how=True``: it says where or how fast to compute, not what (device, precision), so a
+    re-evaluation may change it.
     """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max, "min_exclusive": min_exclusive, "key": key, "finite": finite}
+            "min": min, "max": max, "min_exclusive": min_exclusive, "key": key, "finite": finite,
+            "protocol": protocol, "how": how}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -202,3 +206,8 @@ def add_flags(parser: Any, cls: type, keys: Iterable[str], show_default: bool = 
         note = "; ".join(part for part in (default, extra[2:]) if part)
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(),
                             help=f"{f.metadata.get('help', '')}" + (f" ({note})" if note else ""))
+
+
+def keys_where(obj_or_cls: Any, flag: str, value: bool = True) -> list[str]:
+    """Keys of the options whose metadata ``flag`` (``protocol``, ``how``) is ``value``."""
+    return [key_of(f) for f in option_fields(obj_or_cls) if f.metadata.get(flag, flag == "protocol") == value]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .config import Config, RunConfig
+from .options import keys_where
 from .errors import UserError
 from .evaluation.config import EvalConfig
 from .registry import Registry
@@ -95,12 +96,10 @@ def resolve_config(strategy: str, benchmark: str, profile: str = "paper",
 def paper_diff(cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Options where ``cfg`` departs from the paper protocol: key -> (value, paper value).
 
-    Run-bookkeeping options (seed, device, out, data_root, progress, profile) are not
-    protocol and are left out.
+    Options declared ``protocol=False`` (bookkeeping: seed, device, paths, logging) are left out.
     """
     paper = resolve_config(cfg.run.strategy, cfg.run.benchmark, "paper")
-    skip = {"profile", "seed", "device", "out", "data_root", "progress", "tensorboard", "inception_weights",
-            "checkpoint_every"}
+    skip = {k for section in cfg.sections() for k in keys_where(section, "protocol", False)}
     return {k: v for k, v in cfg.diff(paper).items() if k not in skip}
 
 

@@ -2,7 +2,7 @@
 options: ``python -m cl_diffusion.reevaluate RUN_DIR --out DIR [--set KEY=VALUE ...]``.
 
 Only evaluation options (``eval_samples``, ``solver_iters_per_task``, ``inception_weights``, ...)
-and the run options that say where and how to compute (:data:`HOW_OPTIONS`) can change: training
+and the run options that say where and how to compute (declared ``how=True``) can change: training
 options would need a new run. With no ``--set``, the
 metrics equal the run's own (same sample noise, same solver seed), which the tests check. Uses:
 
@@ -26,10 +26,6 @@ from .errors import UserError, cli_main
 from .run import _Parser, parse_sets, set_threads
 
 
-# run options that change where or how fast the evaluation computes, not what was trained
-HOW_OPTIONS = ("device", "data_root", "progress", "precision", "memory_format", "compile")
-
-
 def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), device: str | None = None,
                log: Callable[[str], None] = print) -> Path:
     """Run the evaluator after each task of ``run_dir`` on its saved weights into the new folder ``out``."""
@@ -38,14 +34,15 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     from .app import build_components, load_plugins, load_run_config, resolve_device
     from .evaluation.config import EvalConfig
     from .io import atomic_write_json, provenance, write_csv
-    from .options import option_keys
+    from .config import RunConfig
+    from .options import keys_where, option_keys
     from .preflight import check_new_dir, check_run
     from .strategy import TaskContext
 
     load_plugins()
     check_new_dir(out, "--out")
     cfg, source_meta = load_run_config(run_dir, need_ckpt=False)
-    allowed = [*option_keys(EvalConfig), *HOW_OPTIONS]
+    allowed = [*option_keys(EvalConfig), *keys_where(RunConfig, "how")]
     for key, value in sets:
         if key not in allowed:
             raise UserError(f"cannot change {key!r} after training: only evaluation options can change; "

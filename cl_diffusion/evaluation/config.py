@@ -19,7 +19,7 @@ class EvalConfig:
     fid_inception: bool = opt(True, "compute the Inception FID ('fid') when InceptionV3 weights are available")
     inception_weights: str = opt("", "path to torch-fidelity's InceptionV3 weights (pt_inception-2015-12-05); "
                                     "'' = env CL_DIFFUSION_INCEPTION_WEIGHTS, else torch-fidelity's download, "
-                                    "else fid is left blank")
+                                    "else fid is left blank", protocol=False)
     # --- KID and precision/recall (hold at small sample counts; both feature spaces) ----------------
     kid_subsets: int = opt(100, "KID (Binkowski et al. 2018): random subsets averaged, their std reported "
                                 "(torch-fidelity's default)", min=1)
@@ -53,9 +53,11 @@ class EvalConfig:
                                      "(student probs outside the log, as in the paper's code)",
                           choices=("standard", "paper-code"))
     # --- outputs ------------------------------------------------------------------------------------
-    tensorboard: bool = opt(False, "also log every metric to TensorBoard through Avalanche's logger")
+    tensorboard: bool = opt(False, "also log every metric to TensorBoard through Avalanche's logger",
+                            protocol=False)
     wandb: bool = opt(False, "also log every metric to an offline Weights & Biases run in <run dir>/wandb, "
-                             "through Avalanche's logger (needs the 'wandb' extra; never uses the network)")
+                             "through Avalanche's logger (needs the 'wandb' extra; never uses the network)",
+                      protocol=False)
 
     def check(self) -> None:
         """Checks across options and the environment, run when the config is validated (before training)."""
