@@ -40,7 +40,7 @@ def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -
     """Replay quality of the model saved after ``task`` (1-based) at each DDIM step count."""
     from .app import build_components, load_plugins, load_run_config
     from .evaluation.classifier import classify, get_classifier
-    from .evaluation.evaluator import to_uint8
+    from .evaluation.sample_metrics import to_uint8
     from .evaluation.frechet import fid_from_features
     from .evaluation.histogram import ard, class_histogram, kld
     from .io import provenance

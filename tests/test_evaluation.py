@@ -267,7 +267,7 @@ def test_evaluator_end_to_end_and_resume(cache, tmp_path, monkeypatch, variant):
     if with_inception:
         weights = str(tmp_path / "inception.pth")
         Path(weights).write_bytes(b"stand-in")
-        monkeypatch.setattr("cl_diffusion.evaluation.evaluator.load_inception", lambda path, device: FakeInception())
+        monkeypatch.setattr("cl_diffusion.evaluation.sample_metrics.load_inception", lambda path, device: FakeInception())
     cfg = tiny_config(fid_inception=True, inception_weights=weights, solver_replay_pool=16 if with_inception else 0,
                       tensorboard=with_inception)
     stream = fake_stream(n_tasks=2)
