@@ -75,6 +75,12 @@ class RunConfig:
     grid_samples: int = options.opt(64, "samples in the PNG grid written after each task", min=1)
     checkpoint_every: int = options.opt(0, "also checkpoint every K iterations; 0 = only at task ends", min=0,
                                         protocol=False)
+    checkpoint_minutes: float = options.opt(10.0, "also checkpoint when this many minutes of wall clock have passed "
+                                            "since the last checkpoint (bounds what a SIGKILL loses); 0 = off",
+                                            min=0.0, protocol=False)
+    stop_signal: str = options.opt("SIGUSR1", "a signal that, like SIGTERM, stops the run after the current iteration "
+                                   "with a checkpoint (exit 128 + its number); none = SIGTERM alone",
+                                   choices=("none", "SIGUSR1", "SIGUSR2"), protocol=False)
     progress: bool = options.opt(True, "show tqdm progress bars", protocol=False, how=True)
 
 

@@ -43,6 +43,7 @@ import pickle
 import socket
 import tempfile
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,18 +307,25 @@ def _load(info: DatasetInfo, folder: Path, kind: str) -> DatasetSplits:
 # --------------------------------------------------------------------------------------------
 # idx files (Fashion-MNIST)
 # --------------------------------------------------------------------------------------------
+#: What to do about a truncated or corrupted dataset file.
+_REFETCH = "delete it and fetch the dataset again (or put an intact copy there)"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """One idx file (LeCun's MNIST format, optionally gzipped) as a ``uint8`` array."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # a truncated or damaged download
+            raise UserError(f"{path} is truncated or corrupted ({err}); {_REFETCH}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path} is not a uint8 idx file (bad magic number)")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise UserError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+        raise UserError(f"{path} is truncated: header says {shape}, found {data.size} bytes; {_REFETCH}")
     return data.reshape(shape)
 
 
@@ -353,7 +361,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     with path.open("rb") as f:
-        d = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        try:
+            d = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
+            raise UserError(f"{path} is not a readable CIFAR batch, truncated or corrupted ({err}); "
+                            f"{_REFETCH}") from None
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or label_key not in d:
         raise UserError(f"{path} is not a CIFAR batch with 'data' and {label_key!r} (keys: {sorted(d)})")
@@ -509,14 +521,18 @@ def _decode(info: DatasetInfo, paths: list[str], desc: str, fit: bool = False) -
 
     def work(lo: int, hi: int) -> int:
         for i in range(lo, hi):
-            with Image.open(paths[i]) as im:
-                if im.size != (info.size, info.size) and not fit:
-                    raise UserError(f"{paths[i]} is {im.size[0]}x{im.size[1]}; {info.name} images must be "
-                                    f"{info.size}x{info.size}")
-                img = im.convert(mode)
-                if img.size != (info.size, info.size):
-                    img = _square_resize(img, info.size)
-                out[i] = np.asarray(img).reshape(info.size, info.size, info.channels)
+            try:
+                with Image.open(paths[i]) as im:
+                    if im.size != (info.size, info.size) and not fit:
+                        raise UserError(f"{paths[i]} is {im.size[0]}x{im.size[1]}; {info.name} images must be "
+                                        f"{info.size}x{info.size}")
+                    img = im.convert(mode)
+            except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, bad header
+                raise UserError(f"{paths[i]} cannot be decoded, truncated or corrupted ({err}); "
+                                "replace it with an intact copy or remove it") from None
+            if img.size != (info.size, info.size):
+                img = _square_resize(img, info.size)
+            out[i] = np.asarray(img).reshape(info.size, info.size, info.channels)
         return hi - lo
 
     chunk = 1024

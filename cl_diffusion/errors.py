@@ -10,7 +10,12 @@ class UserError(Exception):
     """A bad input the user can fix. The CLI prints ``error: <message>`` and exits with status 2."""
 
 
-class NumericalError(RuntimeError):
+class RunFailure(RuntimeError):
+    """A run failed for a reason that is not a bad input; the CLI prints ``error: <message>`` and
+    exits with status 1."""
+
+
+class NumericalError(RunFailure):
     """A NaN or infinite loss; the message names task, epoch and iteration. The CLI prints
     ``error: <message>`` and exits with status 1 (a run failure, not a bad input)."""
 
@@ -33,7 +38,8 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
 
 def cli_main(main: Callable[..., int] | None = None, *, interrupted: str = "interrupted") -> Callable:
     """Decorate a command's ``main``: a :class:`UserError` prints one line ``error: ...`` on stderr
-    and returns exit status 2; a :class:`NumericalError` does the same with status 1; Ctrl-C prints
+    and returns exit status 2; a :class:`RunFailure` (a NaN loss, a full disk) does the same with
+    status 1; Ctrl-C prints
     ``error: <interrupted>`` and returns 130. Use bare (``@cli_main``) or with a message
     (``@cli_main(interrupted="...")``)."""
     if main is None:
@@ -46,7 +52,7 @@ def cli_main(main: Callable[..., int] | None = None, *, interrupted: str = "inte
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        except NumericalError as err:
+        except RunFailure as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

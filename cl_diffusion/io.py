@@ -6,10 +6,12 @@ fsync, ``os.replace``), so a kill at any moment leaves either the old file or th
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -17,15 +19,58 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import __version__
+from .errors import RunFailure
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class OutputError(RunFailure):
+    """A write failed for a reason of the machine, not of the run's input: a full disk, a read-only
+    or vanished folder. One line ``error: ...`` and exit status 1, as every run failure (cli_main);
+    the file it was writing keeps its previous content (the last good checkpoint stays intact)."""
+
+
+#: errno -> what it means for the folder written to
+_FAULTS = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable by this user",
+           errno.EPERM: "is not writable by this user", errno.ENOENT: "no longer exists (deleted or unmounted?)"}
+
+
+def write_error(path: Path, err: OSError, n_bytes: int) -> OSError:
+    """An :class:`OutputError` naming ``path`` for a full disk (with the bytes needed and free), a
+    read-only or a vanished folder; ``err`` itself for any other failure."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} free"
+        except OSError:
+            free = "free space unknown"
+        what = "no space left on the device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        return OutputError(f"{what} writing {path}: it needs {n_bytes:,} bytes ({free}); the previous "
+                           "version of the file is kept; free some space, then resume the run (--resume RUN_DIR)")
+    if err.errno in _FAULTS:
+        return OutputError(f"cannot write {path}: its folder {path.parent} {_FAULTS[err.errno]} ({err.strerror}); "
+                           "the previous version of the file is kept")
+    return err
+
+
+def require_folder(path: Path, what: str = "folder") -> None:
+    """:class:`OutputError` if the folder ``path`` has vanished (never silently recreate it)."""
+    if not Path(path).is_dir():
+        raise OutputError(f"the {what} {path} no longer exists (deleted or unmounted?); nothing more is written")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); a full disk, read-only or
+    vanished folder raises :class:`OutputError` and leaves ``path`` as it was."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as err:
+        raise write_error(path, err, len(data)) from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions

@@ -163,9 +163,12 @@ def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int
     """Run ``jobs`` specs at a time, each in a fresh (spawned) worker process with ``threads`` torch
     threads (default: the CPU cores divided by ``jobs``, at least 1); same result handling as Ray.
 
-    If the driver stops early (Ctrl-C, SIGTERM, an error) it terminates its workers before exiting,
-    so no run goes on holding its folder's lock; the interrupted runs resume from their checkpoints
-    when the sweep is started again. (SIGKILL cannot be caught: kill the process group instead.)"""
+    If the driver stops early (Ctrl-C, SIGTERM or SIGUSR1/SIGUSR2, an error) it terminates its
+    workers before exiting (status 128 + the signal's number): each gets SIGTERM, so its run stops
+    after the current iteration with a fresh checkpoint (:mod:`.preemption`) and no run goes on
+    holding its folder's lock; the interrupted runs resume from their checkpoints when the sweep is
+    started again. A signal to the whole process group (a cluster's) does the same. (SIGKILL cannot
+    be caught: kill the process group instead.)"""
     import os
     from multiprocessing import get_context
 
@@ -180,8 +183,9 @@ def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int
 
 @contextmanager
 def _sigterm_exits() -> Iterator[None]:
-    """While active (main thread only), SIGTERM raises ``SystemExit(143)`` instead of killing the
-    process outright, so ``with`` blocks, such as a worker pool's, clean up on the way out."""
+    """While active (main thread only), SIGTERM, SIGUSR1 and SIGUSR2 (the runs' ``stop_signal``
+    choices) raise ``SystemExit(128 + signum)`` instead of killing the process outright, so ``with``
+    blocks, such as a worker pool's, clean up on the way out."""
     import signal
     import threading
 
@@ -191,11 +195,12 @@ def _sigterm_exits() -> Iterator[None]:
 
     def _exit(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
-    previous = signal.signal(signal.SIGTERM, _exit)
+    previous = {s: signal.signal(s, _exit) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _outcome_on_worker(job: tuple[int, RunSpec, str, int, bool]) -> tuple[int, str | BaseException]:

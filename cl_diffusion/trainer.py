@@ -7,6 +7,9 @@ For each task k the :class:`Trainer` calls the strategy's hooks (:mod:`cl_diffus
 evaluator and appends one row to ``metrics.csv``. All randomness comes from explicit generators
 (:mod:`cl_diffusion.seeding`) whose states are checkpointed, so a run killed at any point and
 resumed from its last checkpoint ends with the same metrics (wall-clock ``*_seconds`` aside).
+Checkpoints come at task ends, every ``checkpoint_every`` iterations and every ``checkpoint_minutes``
+of wall clock; SIGTERM (or ``stop_signal``) ends the run after the current iteration with one more
+(:mod:`.preemption`).
 
 Under torchrun (:mod:`.distributed`) every rank takes its share of each global batch and the
 strategy gets the DistributedDataParallel wrapper as its student (``TaskContext.student``);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +36,8 @@ from .config import Config
 from .data import LabeledImages, random_hflip, to_model_range
 from .errors import NumericalError
 from .execution import Execution
-from .io import write_csv
+from .io import require_folder, write_csv
+from .preemption import Preempted, StopRequest
 from .sampling import Sampling, sample_grid
 from .seeding import order_generator
 from .strategy import Batch, Costs, Strategy, TaskContext
@@ -72,6 +77,9 @@ class Trainer:
         self.params: list[nn.Parameter] = []  # what the optimizer updates in this task
         self.optimizer: torch.optim.Optimizer | None = None
         self.ddp = distributed.wrap(self.model, device)  # ``model`` itself on a single process
+        self.stop = StopRequest(cfg.run.stop_signal)  # SIGTERM / stop_signal: checkpoint, then exit
+        self.last_checkpoint = time.monotonic()  # wall clock of the newest checkpoint (checkpoint_minutes)
+        self.saved_at = (0, 0)  # (task, iteration) of the newest checkpoint, for the stop message
 
     def context(self, k: int) -> TaskContext:
         """What the strategy's hooks get during task k; the student is the DDP wrapper under torchrun."""
@@ -91,13 +99,22 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            while self.pos.task < self.stream.n_tasks:
-                k = self.pos.task
-                if self.pos.phase == "train":
-                    self.train_task(k)
-                    self.pos.phase = "eval"
-                    self.checkpoint()
-                self.finish_task(k)
+            with self.stop:
+                while self.pos.task < self.stream.n_tasks:
+                    k = self.pos.task
+                    if self.pos.phase == "train":
+                        self.train_task(k)
+                        self.pos.phase = "eval"
+                        self.checkpoint()
+                        self._stop_if_asked()
+                    self.finish_task(k)
+                    self._stop_if_asked()
+        except Preempted as stop:
+            if distributed.is_main():
+                task, it = self.saved_at
+                print(f"stopped by {stop.name} at task {task + 1}, iteration {it}; resume with --resume "
+                      f"{self.run_dir}", file=sys.stderr, flush=True)
+            raise
         finally:
             if self.evaluator is not None:
                 self.evaluator.close()
@@ -130,8 +147,12 @@ class Trainer:
                 if pos.train_cpu_seconds is not None:
                     pos.train_cpu_seconds += time.process_time() - cpu_start
                 bar.update(1)
-                if run.checkpoint_every and pos.iters % run.checkpoint_every == 0 and pos.iters < n_iters:
+                stop, due = self.stop.poll(self._checkpoint_due())  # agreed by every rank
+                every = run.checkpoint_every and pos.iters % run.checkpoint_every == 0
+                if pos.iters < n_iters and (stop or due or every):  # the last one: run() checkpoints
                     self.checkpoint()
+                    if stop:
+                        raise self.stop.stop()
             if pos.batch >= n_batches:
                 pos.epoch, pos.batch = pos.epoch + 1, 0
         bar.close()
@@ -175,6 +196,8 @@ class Trainer:
     def finish_task(self, k: int) -> None:
         """Sample grid, evaluation, metrics row, weights and checkpoint; then move to task k+1."""
         pos, main, ctx = self.pos, distributed.is_main(), self.context(k)
+        # a signal now stops a single process at once: the phase-"eval" checkpoint is its resume point
+        self.stop.urgent = distributed.world_size() == 1
         generator = self.strategy.generator(ctx)
         start = time.perf_counter()
         if main:
@@ -195,6 +218,7 @@ class Trainer:
                          {"task": str(k + 1), "strategy": self.cfg.run.strategy})
         self.pos = Position(task=k + 1, rows=pos.rows, per_task_rows=pos.per_task_rows)
         self.checkpoint()
+        self.stop.urgent = False
         self.log(_summary(row))
 
     def _train_row(self, k: int, sample_seconds: float) -> dict[str, Any]:
@@ -253,14 +277,36 @@ class Trainer:
         ranks = None
         if distributed.world_size() > 1:
             ranks = {key: distributed.all_gather_rows(v) for key, v in self.rank_state().items()}
+        self.last_checkpoint = time.monotonic()
         if not distributed.is_main():
             return None
-        return save_checkpoint(self.run_dir / "ckpt", self.state(ranks))
+        require_folder(self.run_dir, "run directory")  # never recreate a deleted run in an empty folder
+        urgent, self.stop.urgent = self.stop.urgent, False  # a signal waits for the checkpoint being written
+        try:
+            path = save_checkpoint(self.run_dir / "ckpt", self.state(ranks))
+            self.saved_at = (self.pos.task, self.pos.iters)
+        finally:
+            self.stop.urgent = urgent
+        if urgent and self.stop.signum and self.pos.task < self.stream.n_tasks:
+            raise self.stop.stop()
+        return path
+
+    def _checkpoint_due(self) -> bool:
+        """True when ``checkpoint_minutes`` of wall clock have passed since the last checkpoint."""
+        minutes = self.cfg.run.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.last_checkpoint >= 60 * minutes
+
+    def _stop_if_asked(self) -> None:
+        """Between phases (a checkpoint was just written): end the run if a stop signal came."""
+        stop, _ = self.stop.poll()
+        if stop and self.pos.task < self.stream.n_tasks:
+            raise self.stop.stop()
 
     def restore(self, warn: Callable[[str], None] = print) -> Path:
         """Load the newest good checkpoint of this run directory; returns its path."""
         state, path = load_latest(self.run_dir / "ckpt", warn=warn)
         self.pos = Position(**{"train_cpu_seconds": None, **state["position"]})  # older checkpoints lack it
+        self.saved_at = (self.pos.task, self.pos.iters)
         self.strategy.restore_costs(state["counters"])
         ctx = self.context(min(self.pos.task, self.stream.n_tasks - 1))
         self.strategy.load_state_tensors(state["strategy"], ctx)  # first: it may add modules to the model
