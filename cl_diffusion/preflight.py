@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
     from .config import Config
 
-#: Training and test images per class in the standard splits of the datasets of
-#: :data:`cl_diffusion.data.DATASETS`: memory and cost are known before the data is loaded.
-SPLIT_PER_CLASS = {"fashion-mnist": (6000, 1000), "cifar10": (5000, 1000), "cifar-100": (500, 100)}
-
 CALIBRATION_SECONDS = 3.0  # wall time spent timing real steps for the time estimate
 CALIBRATE_ABOVE_FLOP = 1e12  # smaller runs take seconds to a few minutes anywhere: not worth timing
 SUGGEST_ABOVE_SECONDS = 3 * 3600  # on a CPU, a run longer than this names a profile that fits
@@ -180,7 +176,7 @@ def data_shape(cfg: "Config") -> DataShape:
         return DataShape(None, None, None)
     classes = len(info.class_names)
     task_classes("fixed", classes, n_tasks, run.seed)  # UserError naming the valid task counts
-    per_class = SPLIT_PER_CLASS.get(info.name)
+    per_class = info.split_per_class
     if per_class is None:
         return DataShape(info.channels, None, None)
     train, test = (min(n, keep) if keep else n for n, keep in zip(per_class, (run.train_subset, run.test_subset)))

@@ -61,10 +61,10 @@ def one_thread():
 @pytest.fixture
 def no_local_data(tmp_path, monkeypatch):
     """No env data root, an empty system root, a private cache, no downloads, no ./data."""
-    from cl_diffusion import data as D
+    from cl_diffusion.data import search
 
     monkeypatch.delenv("CL_DIFFUSION_DATA", raising=False)
     monkeypatch.setenv("CL_DIFFUSION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CL_DIFFUSION_NO_DOWNLOAD", "1")
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
+    monkeypatch.setattr(search, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
     monkeypatch.chdir(tmp_path)

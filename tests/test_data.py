@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 from cl_diffusion import data as D
+from cl_diffusion.data import readers, search
 from cl_diffusion.config import RunConfig
 from cl_diffusion.errors import UserError
 from cl_diffusion.stream import BENCHMARKS, BenchmarkSpec, avalanche_class_split, task_classes
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 HAVE_REAL_FMNIST = (REAL_FMNIST / "train-images-idx3-ubyte.gz").is_file()
-IDX_STEMS = list(D._IDX_FILES.values())
+IDX_STEMS = list(readers._IDX_FILES.values())
 
 
 pytestmark = pytest.mark.usefixtures("no_local_data")
@@ -50,7 +51,7 @@ def synthetic_fmnist(n_train: int = 6, n_test: int = 2, classes: int = 10) -> di
 
 def write_fmnist_idx(folder: Path, gz: bool = True, **kw) -> dict[str, np.ndarray]:
     arrays = synthetic_fmnist(**kw)
-    for (split, what), stem in D._IDX_FILES.items():
+    for (split, what), stem in readers._IDX_FILES.items():
         write_idx(folder / (stem + (".gz" if gz else "")), arrays[f"{split}_{what}"])
     return arrays
 
@@ -137,9 +138,9 @@ def test_missing_data_error_names_paths_and_fix(tmp_path, name, expect):
     msg = str(err.value)
     assert "\n" not in msg and "--data-root" in msg and "download (disabled" in msg
     info = D.DATASETS[name]
-    tried = [str(p) for p, _ in D._candidates(info, root, True)]
-    tried += [str(p) for r in D.SYSTEM_ROOTS for p, _ in D._candidates(info, Path(r), False)]
-    tried += [str(p) for p, _ in D._candidates(info, D.cache_dir() / "data", False)]
+    tried = [str(p) for p, _ in search._candidates(info, root, True)]
+    tried += [str(p) for r in search.SYSTEM_ROOTS for p, _ in search._candidates(info, Path(r), False)]
+    tried += [str(p) for p, _ in search._candidates(info, D.cache_dir() / "data", False)]
     for piece in tried + expect:
         assert piece in msg, piece
 
@@ -152,7 +153,7 @@ def test_download_is_tried_last_and_used(tmp_path, monkeypatch):
         write_fmnist_idx(root / "FashionMNIST" / "raw", gz=False)
         return True, "done"
 
-    monkeypatch.setattr(D, "_download", fake_download)
+    monkeypatch.setattr(search, "_download", fake_download)
     got = D.load_dataset("fashion-mnist", tmp_path / "nothing")
     assert calls == [D.cache_dir() / "data"] and len(got.train) == 60
     D.load_dataset("fashion-mnist", tmp_path / "nothing")  # now found in the cache, no new download
@@ -217,7 +218,7 @@ def test_image_folder_decode_cache_reused_and_invalidated(tmp_path, monkeypatch)
     def no_decode(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(D, "_decode", no_decode)
+    monkeypatch.setattr(readers, "_decode", no_decode)
     again = D.load_dataset("cifar10", tmp_path)
     assert torch.equal(first.train.images, again.train.images) and torch.equal(first.test.labels, again.test.labels)
     Image.new("RGB", (32, 32)).save(tmp_path / "cifar10" / "train" / "a" / "extra.png")

@@ -245,7 +245,7 @@ def test_truncated_or_corrupted_dataset_files_name_the_file(tmp_path):
 
     import numpy as np
 
-    from cl_diffusion import data as D
+    from cl_diffusion.data import DatasetInfo, readers
     from cl_diffusion.errors import UserError
 
     idx = tmp_path / "train-images-idx3-ubyte.gz"
@@ -254,9 +254,9 @@ def test_truncated_or_corrupted_dataset_files_name_the_file(tmp_path):
     batch.write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 3]}, protocol=2)[:500])
     image = tmp_path / "0.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
-    info = D.DatasetInfo("t", 1, 4, (), (), "", idx=False)
-    for call, path in ((lambda: D.read_idx(idx), idx), (lambda: D._read_cifar_batch(batch), batch),
-                       (lambda: D._decode(info, [str(image)], "decoding"), image)):
+    info = DatasetInfo("t", 1, 4, (), (), "", idx=False)
+    for call, path in ((lambda: readers.read_idx(idx), idx), (lambda: readers._read_cifar_batch(batch), batch),
+                       (lambda: readers._decode(info, [str(image)], "decoding"), image)):
         with pytest.raises(UserError) as err:
             call()
         message = str(err.value)

@@ -1,29 +1,9 @@
-"""Datasets as in-memory ``uint8`` tensors: where to find them, how to read them, how to cache them.
+"""Reading dataset files into :class:`~cl_diffusion.data.containers.DatasetSplits`, and caching decoded images.
 
-:func:`load_dataset` returns the train and test splits of a dataset at its native resolution
-(Fashion-MNIST 1x28x28, CIFAR-10 / CIFAR-100 3x32x32) as :class:`LabeledImages`. It looks in these places,
-in order, and stops at the first that holds the data:
-
-1. ``data_root`` if given, else env ``CL_DIFFUSION_DATA``. Inside that folder ``R`` it accepts
-   (first match wins; ``{a,b}`` means either name):
-
-   - fashion-mnist, the four idx files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in
-     ``R/FashionMNIST/raw/`` (torchvision's layout), ``R/{fashion-mnist,fashion_mnist,FashionMNIST}/``
-     or ``R/`` itself;
-   - cifar10, torchvision's pickled batches ``R/cifar-10-batches-py/`` or
-     ``R/{cifar10,CIFAR10,cifar-10,cifar_10}/cifar-10-batches-py/``;
-   - cifar-100 (CIFAR-100, fine labels), likewise ``R/cifar-100-python/`` or
-     ``R/{cifar100,CIFAR100,cifar-100,cifar_100}/cifar-100-python/``;
-   - either dataset, an image folder ``train/<class>/*.{png,jpg,...}`` + ``test/<class>/*`` in
-     ``R/<name>/`` for the names above, or in ``R/`` itself. Images must be at native size.
-2. the system folders ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``), then
-   ``./data/<name>/`` under the current folder (where ``scripts/setup.sh`` unpacks the offline
-   CIFAR-10 copy).
-3. ``$CL_DIFFUSION_CACHE/data`` (default ``~/.cache/cl_diffusion/data``), where a torchvision
-   download goes; a download is tried only when the mirror answers within a few seconds and
-   env ``CL_DIFFUSION_NO_DOWNLOAD`` is unset.
-4. otherwise a one-line :class:`~cl_diffusion.errors.UserError` naming every path tried and what
-   to put where.
+Three formats, each read into ``uint8`` tensors at native resolution: LeCun's idx files
+(Fashion-MNIST, optionally gzipped), torchvision's pickled CIFAR-10 / CIFAR-100 python batches (read
+without executing arbitrary pickle code), and image folders ``train/<class>/*`` + ``test/<class>/*``.
+A truncated or corrupted file is a :class:`~cl_diffusion.errors.UserError` naming it.
 
 Decoding an image folder (60k JPEGs) is slow, so the decoded arrays are cached once in
 ``$CL_DIFFUSION_CACHE/decoded/<hash>.npz``, keyed by the folder's absolute path, file count and
@@ -40,156 +20,24 @@ import hashlib
 import io
 import os
 import pickle
-import socket
 import tempfile
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from .containers import FOLDER, DatasetInfo, DatasetSplits, LabeledImages
 
 if TYPE_CHECKING:
     from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)  # searched after data_root / CL_DIFFUSION_DATA
-FOLDER = "folder"  # load_dataset name of a generic image folder at data_root (see load_image_folder_at)
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as 1 channel; every other mode as RGB
 _CACHE_FORMAT = 1  # bump when the decoded-cache content changes
-
-
-# --------------------------------------------------------------------------------------------
-# Containers
-# --------------------------------------------------------------------------------------------
-@dataclass
-class LabeledImages:
-    """Images with integer class labels, kept in memory on the CPU.
-
-    Attributes:
-        images: ``uint8 [N, C, H, W]``, values 0..255.
-        labels: ``int64 [N]``, the dataset's global class ids.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} "
-                             f"{tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: torch.Tensor | Sequence[int] | slice) -> "LabeledImages":
-        """The items picked by a boolean mask ``[N]``, an index tensor/list, or a slice."""
-        if not isinstance(index, (torch.Tensor, slice)):  # list/array of ints or bools
-            index = torch.as_tensor(index) if len(index) else torch.zeros(0, dtype=torch.int64)
-        return LabeledImages(self.images[index], self.labels[index])
-
-    @staticmethod
-    def cat(parts: Sequence["LabeledImages"]) -> "LabeledImages":
-        """Concatenate along N, keeping the order of ``parts``."""
-        if not parts:
-            raise ValueError("LabeledImages.cat needs at least one part")
-        return LabeledImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
-
-
-@dataclass
-class DatasetSplits:
-    """A dataset's standard splits at native resolution, and where they were read from."""
-
-    train: LabeledImages
-    test: LabeledImages
-    class_names: list[str]
-    source: str = ""  # the folder (or file set) the data came from
-
-
-def to_model_range(u8: torch.Tensor) -> torch.Tensor:
-    """``uint8 [..]`` in 0..255 -> ``float32`` in [-1, 1] (on ``u8``'s device)."""
-    return u8.to(torch.float32) / 127.5 - 1.0
-
-
-def random_hflip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Each image of x [B, C, H, W] mirrored left-right with probability 1/2 (one draw of ``rng`` per image)."""
-    flip = torch.rand(x.shape[0], generator=rng, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] -> [0, 1], clamped."""
-    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# What each dataset looks like on disk
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PythonBatches:
-    """torchvision's pickled python batches of a CIFAR dataset."""
-
-    folder: str  # the folder torchvision unpacks, e.g. "cifar-10-batches-py"
-    train: tuple[str, ...]  # batch file names of the training split
-    test: tuple[str, ...]  # batch file names of the test split
-    label_key: str  # the labels' key in each batch dict: "labels" or "fine_labels"
-    title: str  # for messages, e.g. "CIFAR-10"
-
-
-CIFAR10_BATCHES = PythonBatches("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                                ("test_batch",), "labels", "CIFAR-10")
-CIFAR100_BATCHES = PythonBatches("cifar-100-python", ("train",), ("test",), "fine_labels", "CIFAR-100")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What :func:`load_dataset` needs to know about one dataset."""
-
-    name: str
-    channels: int
-    size: int  # native side in pixels
-    class_names: tuple[str, ...]  # in the dataset's standard label order
-    folders: tuple[str, ...]  # sub-folder names of a data root that may hold it
-    torchvision_name: str  # torchvision.datasets class, for the download
-    idx: bool  # distributed as idx files (else as torchvision's python batches)
-    batches: PythonBatches = CIFAR10_BATCHES  # the python-batch layout when not idx
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist", 1, 28,
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        ("fashion-mnist", "fashion_mnist", "FashionMNIST"), "FashionMNIST", idx=True),
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 32,
-        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        ("cifar10", "CIFAR10", "cifar-10", "cifar_10"), "CIFAR10", idx=False),
-    # CIFAR-100 with its 100 fine labels (the 20 coarse superclass labels are not read)
-    "cifar-100": DatasetInfo(
-        "cifar-100", 3, 32,
-        ("apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-         "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-         "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-         "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-         "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle",
-         "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear",
-         "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon",
-         "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
-         "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
-         "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
-         "willow_tree", "wolf", "woman", "worm"),
-        ("cifar100", "CIFAR100", "cifar-100", "cifar_100"), "CIFAR100", idx=False, batches=CIFAR100_BATCHES),
-}
-_IDX_FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
-              ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
 
 
 def cache_dir() -> Path:
@@ -197,83 +45,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CL_DIFFUSION_CACHE") or Path.home() / ".cache" / "cl_diffusion")
 
 
-def _candidates(info: DatasetInfo, root: Path, include_root: bool) -> list[tuple[Path, str]]:
-    """Folders under ``root`` that may hold ``info``'s data, with the loader kind for each."""
-    subs = [root / f for f in info.folders] + ([root] if include_root else [])
-    if info.idx:
-        native = [(root / "FashionMNIST" / "raw", "idx")] + [(d, "idx") for d in subs]
-    else:
-        native = [(d / info.batches.folder, "cifar-batches") for d in [root] + subs[:len(info.folders)]]
-    return native + [(d, "image-folder") for d in subs]
-
-
 # --------------------------------------------------------------------------------------------
-# Resolution
+# idx files (Fashion-MNIST)
 # --------------------------------------------------------------------------------------------
-def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> DatasetSplits:
-    """Find and load dataset ``name`` (a :data:`DATASETS` name, or ``"folder"``) at native resolution.
-
-    See the module docstring for the search order. ``data_root`` ``""``/``None`` means env
-    ``CL_DIFFUSION_DATA`` (except for ``"folder"``, which needs ``data_root``). Raises
-    :class:`UserError` when the data is nowhere to be found or a folder holds an incomplete copy.
-    """
-    if name == FOLDER:
-        return load_image_folder_at(data_root or "")
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted([*DATASETS, FOLDER]))}")
-    info = DATASETS[name]
-    root = str(data_root or "") or os.environ.get("CL_DIFFUSION_DATA", "")
-    searches = [(Path(root).expanduser(), True)] if root else []
-    searches += [(Path(r), False) for r in SYSTEM_ROOTS] + [(Path.cwd() / "data", False)]
-    searches += [(cache_dir() / "data", False)]
-    tried: list[str] = []
-    for base, include_root in searches:
-        found = _first_present(info, base, include_root, tried)
-        if found is not None:
-            return _load(info, *found)
-    ok, why = _download(info, cache_dir() / "data")
-    tried.append(f"download ({why})")
-    if ok:
-        found = _first_present(info, cache_dir() / "data", False, [])
-        if found is not None:
-            return _load(info, *found)
-    raise UserError(f"{name} not found; tried: {', '.join(tried)}. {_how_to_fix(info, root)}")
-
-
-def _first_present(info: DatasetInfo, base: Path, include_root: bool, tried: list[str]) -> tuple[Path, str] | None:
-    """The first candidate folder under ``base`` that holds the data; appends the others to ``tried``."""
-    for folder, kind in _candidates(info, base, include_root):
-        why = _absent_reason(info, folder, kind)
-        if why is None:
-            return folder, kind
-        entry = f"{folder}{'' if why == '' else f' ({why})'}"
-        if entry not in tried:
-            tried.append(entry)
-    return None
-
-
-def _absent_reason(info: DatasetInfo, folder: Path, kind: str) -> str | None:
-    """``None`` if ``folder`` holds the data, else why not ('' = nothing there). Raises on a partial copy."""
-    if not folder.is_dir():
-        return ""
-    if kind == "idx":
-        have = {k: _idx_path(folder, stem) for k, stem in _IDX_FILES.items()}
-        if not any(have.values()):
-            return ""
-        missing = [stem for k, stem in _IDX_FILES.items() if have[k] is None]
-        if missing:
-            raise UserError(f"{folder} holds only part of {info.name}: missing {', '.join(missing)}[.gz]; "
-                            f"it needs {', '.join(f'{s}.gz' for s in _IDX_FILES.values())}")
-        return None
-    if kind == "cifar-batches":
-        b = info.batches
-        missing = [n for n in b.train + b.test if not (folder / n).is_file()]
-        if missing:
-            raise UserError(f"{folder} holds only part of torchvision's {b.title}: missing {', '.join(missing)}")
-        return None
-    if not (folder / "train").is_dir() and not (folder / "test").is_dir():
-        return ""
-    return _image_folder_mismatch(info, folder)
+_IDX_FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
+              ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
+#: What to do about a truncated or corrupted dataset file.
+_REFETCH = "delete it and fetch the dataset again (or put an intact copy there)"
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
@@ -281,34 +59,6 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def _how_to_fix(info: DatasetInfo, root: str) -> str:
-    d = root or "DIR"
-    where = f"pass --data-root {d} (or set CL_DIFFUSION_DATA={d})"
-    if info.idx:
-        files = ", ".join(f"{s}.gz" for s in _IDX_FILES.values())
-        return (f"Put {files} into {d}/{info.folders[0]}/ and {where}; or apt-get install "
-                f"dataset-fashion-mnist, which is found in /usr/share/datasets without options")
-    names = info.class_names
-    classes = " ".join(names) if len(names) <= 20 else f"the {len(names)} classes {names[0]} ... {names[-1]}"
-    return (f"Put the image folders train/<class>/*.png|jpg and test/<class>/*.png|jpg ({classes}) into "
-            f"{d}/{info.folders[0]}/, or torchvision's {info.batches.folder}/ into {d}/, and {where}")
-
-
-def _load(info: DatasetInfo, folder: Path, kind: str) -> DatasetSplits:
-    if kind == "idx":
-        return _load_idx(info, folder)
-    if kind == "cifar-batches":
-        return _load_cifar_batches(info, folder)
-    return load_image_folder(info, folder)
-
-
-# --------------------------------------------------------------------------------------------
-# idx files (Fashion-MNIST)
-# --------------------------------------------------------------------------------------------
-#: What to do about a truncated or corrupted dataset file.
-_REFETCH = "delete it and fetch the dataset again (or put an intact copy there)"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -565,42 +315,3 @@ def _splits_from_arrays(a: dict[str, np.ndarray], names: list[str], folder: Path
     def split(s: str) -> LabeledImages:
         return LabeledImages(torch.from_numpy(a[f"{s}_images"]), torch.from_numpy(a[f"{s}_labels"]))
     return DatasetSplits(split("train"), split("test"), list(names), str(folder))
-
-
-# --------------------------------------------------------------------------------------------
-# Download (only when a network exists)
-# --------------------------------------------------------------------------------------------
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host:443`` accepts a TCP connection within ``timeout`` seconds (DNS included)."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
-
-
-def _download(info: DatasetInfo, root: Path) -> tuple[bool, str]:
-    """Try torchvision's download into ``root``; ``(ok, what happened)``. Never raises."""
-    if os.environ.get("CL_DIFFUSION_NO_DOWNLOAD"):
-        return False, "disabled by CL_DIFFUSION_NO_DOWNLOAD"
-    try:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, info.torchvision_name)
-        url = cls.mirrors[0] if hasattr(cls, "mirrors") else cls.url
-        host = urlparse(url).hostname or ""
-        if not _reachable(host):
-            return False, f"no network: {host} unreachable"
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-        return True, "done"
-    except Exception as err:  # noqa: BLE001 - any failure just means "not available"
-        return False, f"failed: {type(err).__name__}: {err}".replace("\n", " ")
