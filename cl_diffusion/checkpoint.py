@@ -5,15 +5,21 @@ structure of dicts/lists/numbers/strings/tensors is split by :func:`split_state`
 ``{key: tensor}`` map and a JSON skeleton that refers to the tensors by key. The JSON records the
 SHA-256 of the tensor file and is written last, so a checkpoint counts only once both files are
 complete. Writing never removes the previous good checkpoint before the new one is complete.
+
+:func:`rng_state` / :func:`restore_rng` capture and restore the random-number generators a resume
+needs (a run's explicit generator, torch's global CPU and CUDA ones, NumPy's, Python's
+``random``) as such a structure.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -54,6 +60,54 @@ def join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(skeleton, list):
         return [join_state(v, tensors) for v in skeleton]
     return skeleton
+
+
+def rng_state(generator: torch.Generator, device: torch.device | None = None) -> dict[str, Any]:
+    """The states of the random-number generators a resume needs, for :func:`save_checkpoint`.
+
+    Without ``device``: every generator of the process (a checkpoint's ``"rng"`` entry)::
+
+        {"generator": uint8 [*] (``generator``'s state), "torch": uint8 [5056] (global CPU RNG),
+         "cuda": [uint8 [*] per CUDA device] ([] without CUDA),
+         "numpy": ["MT19937", int64 [624], pos, has_gauss, cached_gaussian],
+         "python": [version, [625 ints], gauss_next]}
+
+    With ``device``: only what differs between data-parallel ranks, all tensors, so that they can
+    be gathered into one row per rank: ``"generator"``, ``"torch"`` and, when ``device`` is a CUDA
+    device, ``"cuda"`` (that device's state).
+    """
+    if device is not None:
+        out = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            out["cuda"] = torch.cuda.get_rng_state(device)
+        return out
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    name, keys, *rest = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state(), "cuda": list(cuda),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest],
+            "python": [version, list(internal), gauss]}
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device | None = None) -> None:
+    """Set the generators to ``state``, from :func:`rng_state` with the same ``device`` argument.
+
+    Without ``device``: all of them; the CUDA states only where CUDA is available. With ``device``
+    (one rank's row): ``generator``, the global CPU RNG and, if both the state has one and
+    ``device`` is a CUDA device, that device's RNG. Other keys of ``state`` are ignored.
+    """
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if device is not None:
+        if "cuda" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], device)
+        return
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 class CheckpointError(UserError):

@@ -19,24 +19,23 @@ states and cost counters go into the checkpoint, so a resume is exact there too.
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import load_latest, save_checkpoint, save_weights
+from .checkpoint import load_latest, restore_rng, rng_state, save_checkpoint, save_weights
 from .config import Config
 from .data import LabeledImages, random_hflip, to_model_range
 from .errors import NumericalError
 from .execution import Execution
 from .io import require_folder, write_csv
+from .loop import batches_per_epoch, epoch_batches, iterations
 from .preemption import Preempted, StopRequest
 from .sampling import Sampling, sample_grid
 from .seeding import order_generator
@@ -121,8 +120,7 @@ class Trainer:
 
     def iterations_per_task(self, n_images: int) -> int:
         run = self.cfg.run
-        total = run.epochs * math.ceil(n_images / run.batch_size)
-        return min(total, run.iters_per_task) if run.iters_per_task > 0 else total
+        return iterations(run.epochs, n_images, run.batch_size, run.iters_per_task)
 
     def train_task(self, k: int) -> None:
         run, pos, ctx = self.cfg.run, self.pos, self.context(k)
@@ -134,27 +132,27 @@ class Trainer:
         self._train_parameters(ctx, new_optimizer=pos.iters == 0 and (run.reset_optimizer or k == 0))
         bar = self._bar(total=n_iters, initial=pos.iters, desc=f"task {k + 1}/{self.stream.n_tasks}")
         self.ddp.train()
-        while pos.iters < n_iters:
-            order = self._epoch_order(k, pos.epoch, len(data))
-            n_batches = math.ceil(len(data) / run.batch_size)
-            while pos.batch < n_batches and pos.iters < n_iters:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                idx = order[pos.batch * run.batch_size:(pos.batch + 1) * run.batch_size]
-                self._step(self._batch(data, distributed.shard(idx)), ctx)  # this rank's share
-                pos.batch += 1
-                pos.iters += 1
-                pos.train_seconds += time.perf_counter() - start
-                if pos.train_cpu_seconds is not None:
-                    pos.train_cpu_seconds += time.process_time() - cpu_start
-                bar.update(1)
-                stop, due = self.stop.poll(self._checkpoint_due())  # agreed by every rank
-                every = run.checkpoint_every and pos.iters % run.checkpoint_every == 0
-                if pos.iters < n_iters and (stop or due or every):  # the last one: run() checkpoints
-                    self.checkpoint()
-                    if stop:
-                        raise self.stop.stop()
-            if pos.batch >= n_batches:
-                pos.epoch, pos.batch = pos.epoch + 1, 0
+        n, n_batches = len(data), batches_per_epoch(len(data), run.batch_size)
+        # resumes at pos.iters (== pos.epoch * n_batches + pos.batch): each epoch's order is its own
+        for step in epoch_batches(n, run.batch_size, n_iters, lambda epoch: self._epoch_order(k, epoch, n),
+                                  start=pos.iters):
+            pos.epoch, pos.batch = step.epoch, step.batch
+            start, cpu_start = time.perf_counter(), time.process_time()
+            self._step(self._batch(data, distributed.shard(step.idx)), ctx)  # this rank's share
+            pos.batch += 1  # == n_batches after an epoch's last batch (a resume there starts the next)
+            pos.iters += 1
+            pos.train_seconds += time.perf_counter() - start
+            if pos.train_cpu_seconds is not None:
+                pos.train_cpu_seconds += time.process_time() - cpu_start
+            bar.update(1)
+            stop, due = self.stop.poll(self._checkpoint_due())  # agreed by every rank
+            every = run.checkpoint_every and pos.iters % run.checkpoint_every == 0
+            if pos.iters < n_iters and (stop or due or every):  # the last one: run() checkpoints
+                self.checkpoint()
+                if stop:
+                    raise self.stop.stop()
+        if n_batches:  # the position after the task: a finished epoch moves to the next one
+            pos.epoch, pos.batch = divmod(pos.iters, n_batches)
         bar.close()
         self.strategy.end_task(ctx)
 
@@ -245,8 +243,6 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def state(self, ranks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """Everything a resume needs; ``ranks``: every rank's :meth:`rank_state`, stacked (torchrun only)."""
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        np_state = np.random.get_state()
         state = {
             "position": asdict(self.pos),
             "counters": self.strategy.costs(),
@@ -254,9 +250,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "strategy": self.strategy.state_tensors(),
             "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
-            "rng": {"generator": self.rng.get_state(), "torch": torch.get_rng_state(), "cuda": list(cuda),
-                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                    "python": _py_state_to_json(random.getstate())},
+            "rng": rng_state(self.rng),
         }
         if ranks is not None:
             state["ranks"] = ranks
@@ -266,11 +260,9 @@ class Trainer:
         """What differs between data-parallel ranks: RNG states, and the teacher cost counters with
         their values at the start of the task ([n_counters, 2]); CPU tensors."""
         counters = [[v, self.pos.costs_at_start.get(key, 0)] for key, v in self.strategy.costs().items()]
-        out = {"generator": self.rng.get_state(), "torch": torch.get_rng_state(),
-               "counters": torch.tensor(counters, dtype=torch.float64)}
-        if self.device.type == "cuda":
-            out["cuda"] = torch.cuda.get_rng_state(self.device)
-        return out
+        rng = rng_state(self.rng, self.device)  # generator, torch (+ cuda): the keys' order as before
+        return {"generator": rng.pop("generator"), "torch": rng.pop("torch"),
+                "counters": torch.tensor(counters, dtype=torch.float64), **rng}
 
     def checkpoint(self) -> Path | None:
         """Save a checkpoint (rank 0 writes it; under torchrun every rank must call this)."""
@@ -316,14 +308,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.evaluator is not None and state["evaluator"]:
             self.evaluator.load_state_dict(state["evaluator"])
-        rng = state["rng"]
-        self.rng.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        n = rng["numpy"]
-        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-        random.setstate(_py_state_from_json(rng["python"]))
+        restore_rng(state["rng"], self.rng)
         if distributed.world_size() > 1:
             self._restore_rank_state(state.get("ranks", {}), warn)
         return path
@@ -337,10 +322,7 @@ class Trainer:
         if r >= saved:
             return  # keeps the fresh per-rank seeds of build_components
         mine = {key: v[r].clone() for key, v in ranks.items()}  # set_state misreads a row view: copy it
-        self.rng.set_state(mine["generator"])
-        torch.set_rng_state(mine["torch"])
-        if "cuda" in mine and self.device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        restore_rng(mine, self.rng, self.device)
         costs = self.strategy.costs()
         rows = dict(zip(costs, mine["counters"].tolist()))
         self.strategy.restore_costs({key: now for key, (now, _) in rows.items()})
@@ -371,16 +353,6 @@ def _costs_over_ranks(costs: dict[str, float]) -> dict[str, float]:
     peak = distributed.all_reduce(list(costs.values()), "max")
     return {key: type(v)(total[i] if key.endswith("_image_evals") else peak[i]) for i, (key, v) in
             enumerate(costs.items())}
-
-
-def _py_state_to_json(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _py_state_from_json(state: list) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
 
 
 def _summary(row: dict[str, Any]) -> str:

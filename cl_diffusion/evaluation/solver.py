@@ -17,7 +17,6 @@ batch, or from a per-task pool: ``solver_replay_pool``).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Callable
 
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import LabeledImages, to_model_range
-from .. import seeding
+from .. import loop, seeding
 
 KD_VARIANTS = ("standard", "paper-code")
 
@@ -103,8 +102,7 @@ class Solver:
         self.batch_size, self.T, self.variant, self.device = batch_size, kd_temperature, kd_variant, device
 
     def iterations(self, n_images: int) -> int:
-        total = self.epochs * math.ceil(n_images / self.batch_size)
-        return min(total, self.iters_per_task) if self.iters_per_task > 0 else total
+        return loop.iterations(self.epochs, n_images, self.batch_size, self.iters_per_task)
 
     def train_task(self, k: int, data: LabeledImages, n_seen: int, replay: Replay | None = None,
                    progress: bool = False) -> dict[str, float]:
@@ -115,22 +113,17 @@ class Solver:
         total, it, sums, start = self.iterations(len(data)), 0, {"ce": 0.0, "kd": 0.0}, time.perf_counter()
         bar = tqdm(total=total, desc=f"solver task {k + 1}", disable=not progress, leave=False)
         self.net.train()
-        while it < total:
-            perm = torch.randperm(len(data), generator=g)
-            for lo in range(0, len(data), self.batch_size):
-                if it >= total:
-                    break
-                idx = perm[lo:lo + self.batch_size]
-                x = to_model_range(data.images[idx].to(self.device))
-                y = data.labels[idx].to(self.device)
-                loss, stats = self._loss(x, y, n_seen, teacher, replay)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for key, v in stats.items():
-                    sums[key] += v
-                it += 1
-                bar.update(1)
+        for step in loop.epoch_batches(len(data), self.batch_size, total, g):  # each epoch: randperm from g
+            x = to_model_range(data.images[step.idx].to(self.device))
+            y = data.labels[step.idx].to(self.device)
+            loss, stats = self._loss(x, y, n_seen, teacher, replay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for key, v in stats.items():
+                sums[key] += v
+            it += 1
+            bar.update(1)
         bar.close()
         self.net.eval()
         n = max(it, 1)
