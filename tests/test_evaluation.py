@@ -292,8 +292,9 @@ def test_evaluator_end_to_end_and_resume(cache, tmp_path, monkeypatch, variant):
     assert sum("Inception FID" in m for m in messages) == (0 if with_inception else 1)
     assert [(r["task_after"], r["task_j"]) for r in rows0 + rows1] == [(1, 1), (2, 1), (2, 2)]
     assert sum(r["share"] for r in rows1) == pytest.approx(1.0)  # every class belongs to some task
+    assert sum(r["n_routed"] for r in rows1) == cfg.eval.eval_samples  # each sample routed to one seen task
     for r in rows1:
-        assert 0 <= r["acc"] <= 1 and r["n_routed"] >= 0
+        assert 0 <= r["acc"] <= 1 and r["n_routed"] == round(r["share"] * cfg.eval.eval_samples)
         assert math.isfinite(r["fid_clf"]) or r["n_routed"] < 2
         assert math.isfinite(r["fid"]) == (with_inception and r["n_routed"] >= 2)
     for name in ("class_hist_task1.png", "class_hist_task2.png", "samples_task2.png", "eval_info.json"):
@@ -340,6 +341,39 @@ def test_classifier_is_cached_and_deterministic(cache, tmp_path, monkeypatch):
     for (n, a), b in zip(first.model.state_dict().items(), fresh.model.state_dict().values()):
         assert torch.equal(a, b), n
     assert first.test_acc > 0.5  # 4 classes; the patterns are easy
+
+
+def test_committed_classifier_is_taken_first(cache, tmp_path, monkeypatch):
+    """A classifier with the same settings in SHIPPED (or $CL_DIFFUSION_CLASSIFIERS) wins over the
+    cache; its file and SHA-256 are recorded; a folder whose entry has other settings is passed over."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cl_diffusion.evaluation import classifier as clf_mod
+
+    ev, stream = tiny_config().eval, fake_stream()
+    trained = get_classifier(ev, stream, torch.device("cpu"), log=lambda m: None)
+    cached = Path(trained.info["path"])
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    state = {k: v + 1.0 if k == "head.bias" else v for k, v in load_file(str(cached)).items()}
+    save_file(state, str(shipped / cached.name))  # same settings, other weights: tells which one loaded
+    shutil.copy(cached.with_suffix(".json"), shipped / cached.with_suffix(".json").name)
+    monkeypatch.setattr(clf_mod, "SHIPPED", shipped)
+    got = get_classifier(ev, stream, torch.device("cpu"), log=lambda m: None)
+    assert got.info["path"] == str(shipped / cached.name)
+    assert got.info["sha256"] == hashlib.sha256((shipped / cached.name).read_bytes()).hexdigest()
+    assert torch.equal(got.model.head.bias, trained.model.head.bias + 1.0)
+
+    other = tmp_path / "other"  # same stem, but its record says another seed: not taken
+    other.mkdir()
+    shutil.copy(shipped / cached.name, other / cached.name)
+    record = json.loads(cached.with_suffix(".json").read_text())
+    (other / cached.with_suffix(".json").name).write_text(json.dumps({**record, "seed": 7}))
+    monkeypatch.setenv("CL_DIFFUSION_CLASSIFIERS", str(other))
+    assert get_classifier(ev, stream, torch.device("cpu"), log=lambda m: None).info["path"] == str(shipped / cached.name)
 
 
 def test_resnet18_preset_scratch_and_imagenet_init(cache, tmp_path, monkeypatch):

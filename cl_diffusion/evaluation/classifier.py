@@ -8,6 +8,13 @@ per (data, image size, channels, preset, training recipe, seed), and cached as
 test sets. Training is deterministic given ``clf_seed`` and independent of the run's class order
 (the data are sorted by label first).
 
+Deterministic is not portable: another CPU family or torch build trains, from the same settings,
+a classifier whose weights differ in the last bits, and its FID_clf differs by a few tenths. So the
+classifiers behind the committed results are committed too, in ``results/classifiers/``, and are
+looked for first (:data:`SHIPPED`; more folders in ``$CL_DIFFUSION_CLASSIFIERS``, separated by
+``os.pathsep``). Only a classifier with exactly the same settings and data fingerprint is taken
+from there; every run's ``eval_info.json`` records the file and its SHA-256.
+
 Presets:
 - ``resnet18``: torchvision's ResNet-18 for small images (3x3 stride-1 stem, no max-pool), started
   from torchvision's ImageNet weights when they are in the torch hub cache, else from scratch (the
@@ -33,6 +40,7 @@ from tqdm import tqdm
 
 from ..data import LabeledImages, cache_dir, to_model_range
 from ..io import atomic_write_bytes, atomic_write_json
+from ..loop import epoch_batches, iterations
 from ..registry import Registry
 from .. import seeding
 from .config import EvalConfig
@@ -147,8 +155,19 @@ def fingerprint(*parts: LabeledImages) -> str:
     return h.hexdigest()[:16]
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "results" / "classifiers"
+
+
 def classifier_dir() -> Path:
+    """Where newly trained classifiers are cached."""
     return cache_dir() / "classifiers"
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for a trained classifier, in order: ``$CL_DIFFUSION_CLASSIFIERS``,
+    :data:`SHIPPED` (the classifiers of the committed results), then the cache."""
+    extra = [Path(p) for p in os.environ.get("CL_DIFFUSION_CLASSIFIERS", "").split(os.pathsep) if p]
+    return [*extra, SHIPPED, classifier_dir()]
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
@@ -177,30 +196,25 @@ def train_classifier(model: nn.Module, data: LabeledImages, recipe: Recipe, hfli
                      device: torch.device, progress: bool = False) -> int:
     """Train ``model`` in place with cross-entropy (deterministic given ``seed``); returns iterations run."""
     g = seeding.generator(seed, seeding.CLF_DATA)
-    n = len(data)
-    per_epoch = math.ceil(n / recipe.batch_size)
-    total = recipe.epochs * per_epoch
-    total = min(total, recipe.iters) if recipe.iters > 0 else total
+    total = iterations(recipe.epochs, len(data), recipe.batch_size, recipe.iters)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     pad = max(1, data.images.shape[-1] // 8)
     model.train()
     bar = tqdm(total=total, desc="training evaluation classifier", disable=not progress, leave=False)
     it = 0
-    while it < total:
-        perm = torch.randperm(n, generator=g)
-        for lo in range(0, n, recipe.batch_size):
-            if it >= total:
-                break
-            idx = perm[lo:lo + recipe.batch_size]
-            x = to_model_range(data.images[idx])
-            x = (augment(x, pad, hflip, g) if recipe.augment else x).to(device)
-            _set_lr(opt, 0.5 * recipe.lr * (1 + math.cos(math.pi * it / total)))
-            loss = F.cross_entropy(model(x), data.labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            it += 1
-            bar.update(1)
+    # one generator for all epochs' orders and the augmentation: each epoch's randperm is drawn
+    # after the previous epoch's last augmentation, as epoch_batches draws it lazily
+    for step in epoch_batches(len(data), recipe.batch_size, total, g):
+        idx = step.idx
+        x = to_model_range(data.images[idx])
+        x = (augment(x, pad, hflip, g) if recipe.augment else x).to(device)
+        _set_lr(opt, 0.5 * recipe.lr * (1 + math.cos(math.pi * step.iteration / total)))
+        loss = F.cross_entropy(model(x), data.labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        bar.update(1)
     bar.close()
     model.eval()
     return it
@@ -265,9 +279,10 @@ def get_classifier(ev: EvalConfig, stream: "TaskStream", device: torch.device, p
     stem = f"{preset.name}-{stream.image_size}px-c{stream.channels}-{stream.num_classes}cls-{key}"
     folder = classifier_dir()
     model = _deterministic_build(preset, stream.channels, stream.num_classes, imagenet, ev.clf_seed).to(device)
-    cached = _load_cached(model, folder / f"{stem}.safetensors", folder / f"{stem}.json", spec, device, log)
-    if cached is not None:
-        return EvalClassifier(model.eval(), cached)
+    for where in search_dirs():
+        cached = _load_cached(model, where / f"{stem}.safetensors", where / f"{stem}.json", spec, device, log)
+        if cached is not None:
+            return EvalClassifier(model.eval(), cached)
     log(f"training the '{preset.name}' evaluation classifier on {len(train)} images "
         f"({stream.num_classes} classes); cached afterwards in {folder}")
     start = time.perf_counter()
@@ -279,7 +294,9 @@ def get_classifier(ev: EvalConfig, stream: "TaskStream", device: torch.device, p
             "trained_on": {"benchmark": getattr(stream, "name", ""), "dataset_id": getattr(stream, "dataset_id", "")},
             "torch": torch.__version__, "file": f"{stem}.safetensors"}
     _save(model, folder, stem, info)
-    return EvalClassifier(model, info)
+    weights = folder / f"{stem}.safetensors"
+    return EvalClassifier(model, {**info, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                                  "path": str(weights)})
 
 
 class _cudnn_deterministic:
@@ -305,7 +322,7 @@ def _load_cached(model: nn.Module, weights: Path, meta: Path, spec: dict, device
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(weights), device=str(device)))
-        return info
+        return {**info, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "path": str(weights)}
     except Exception as e:  # noqa: BLE001 - a damaged cache entry is retrained
         log(f"warning: cached classifier {weights} is unreadable ({type(e).__name__}: {e}); retraining it")
         return None
