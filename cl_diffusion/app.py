@@ -244,6 +244,7 @@ def resume_folder(run_dir: Path, cfg: Config | None = None, log: Callable[[str],
 def print_list(out: Callable[[str], None] = print) -> None:
     """``--list``: strategies, benchmarks, model presets (with parameter counts), profiles, options."""
     from .config import RunConfig
+    from .evaluation.classifier import CLASSIFIERS
     from .evaluation.config import EvalConfig
     from .models import describe_models
     from .options import describe
@@ -264,6 +265,13 @@ def print_list(out: Callable[[str], None] = print) -> None:
     out("profiles:")
     for name, prof in PROFILES.items():
         out(f"  {name:<6} {prof.description}")
+        if prof.overrides:
+            out(f"         {', '.join(f'{k}={v}' for k, v in prof.overrides.items())}")
+    out("evaluation classifiers (clf_* options of 0 take the preset's recipe):")
+    for name, preset in CLASSIFIERS.items():
+        r = preset.recipe
+        out(f"  {name:<9} epochs={r.epochs}, iters={r.iters or 'all'}, batch_size={r.batch_size}, lr={r.lr:g}, "
+            f"augment={r.augment}" + (", ImageNet init when cached" if preset.imagenet else ""))
     out("options (--set KEY=VALUE):")
     for section in (RunConfig(), EvalConfig()):
         for key, value, help_ in describe(section):

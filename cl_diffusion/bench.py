@@ -25,7 +25,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .config import RunConfig
 from .errors import UserError, cli_main
+from .options import add_flags, flag_values
 
 if TYPE_CHECKING:
     import torch
@@ -53,12 +55,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m cl_diffusion.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default auto)")
-    p.add_argument("--preset", default="paper-fmnist", help="network preset (default paper-fmnist)")
+    add_flags(p, RunConfig, ["device"], defaults={"device": RunConfig.device})
+    p.add_argument("--preset", default=RunConfig.model, help=f"network preset (default {RunConfig.model}; see "
+                                                             "python -m cl_diffusion.run --list)")
     p.add_argument("--out", default="results/bench", help="folder of the JSON result (default results/bench)")
     p.add_argument("--quick", action="store_true", help="small batches and 2 rounds: about a minute")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                   help="measure torch.compile (auto: on for cuda, off for cpu)")
+    add_flags(p, RunConfig, ["compile"], defaults={"compile": RunConfig.compile})
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--repeats", type=int, help="timed rounds per comparison (default by device)")
     p.add_argument("--batch", type=int, help="images per training step (default by device)")
@@ -172,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     args = build_parser().parse_args(argv)
+    vars(args).update(flag_values(args, RunConfig, ["device", "compile"]))
     from .preflight import check_out_dir
 
     if args.threads is not None and args.threads < 1:

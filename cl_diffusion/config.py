@@ -13,7 +13,6 @@ profile's overrides are applied on top by :func:`cl_diffusion.profiles.resolve_c
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ class RunConfig:
     # --- what to run -------------------------------------------------------------------------
     strategy: str = options.opt("finetune", "continual-learning strategy (see --list)")
     benchmark: str = options.opt("fmnist-5", "task stream (see --list)")
-    profile: str = options.opt("paper", "scale profile", choices=("smoke", "quick", "paper"),
+    profile: str = options.opt("paper", "scale profile", choices="cl_diffusion.profiles:PROFILES",
                                 protocol=False)
     seed: int = options.opt(0, "global seed: data order, noise, timesteps, evaluation noise", min=0,
                                 protocol=False)
@@ -48,11 +47,12 @@ class RunConfig:
     image_size: int = options.opt(32, "side of the square images fed to the model, in pixels", min=4)
     # --- diffusion (paper: linear schedule rescaled to zero terminal SNR, trailing, clip, eta 0) ---
     num_timesteps: int = options.opt(1000, "diffusion steps T", min=2)
-    schedule: str = options.opt("linear", "beta schedule", choices=("linear", "cosine"))
+    schedule: str = options.opt("linear", "beta schedule", choices="cl_diffusion.diffusion.schedule:SCHEDULES")
     beta_start: float = options.opt(1e-4, "linear schedule beta_1", min=0.0, min_exclusive=True, max=1.0)
     beta_end: float = options.opt(0.02, "linear schedule beta_T", min=0.0, min_exclusive=True, max=1.0)
     zero_terminal_snr: bool = options.opt(True, "rescale betas to zero terminal SNR (Lin et al. 2023, Alg. 1)")
-    spacing: str = options.opt("trailing", "DDIM timestep spacing", choices=("trailing", "leading"))
+    spacing: str = options.opt("trailing", "DDIM timestep spacing",
+                                choices="cl_diffusion.diffusion.samplers:SPACINGS")
     clip_x0: bool = options.opt(True, "clip x0_pred to [-1, 1] in DDIM steps")
     eta: float = options.opt(0.0, "DDIM eta (0 = deterministic)", min=0.0, max=1.0)
     # --- training ------------------------------------------------------------------------------
@@ -164,9 +164,3 @@ def _n_args(method: Any) -> int:
 
 def _flat(cfg: Config) -> dict[str, Any]:
     return {options.key_of(f): getattr(s, f.name) for s in cfg.sections() for f in options.option_fields(s)}
-
-
-def copy_config(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run), eval=dataclasses.replace(cfg.eval),
-                               strategy_params=dataclasses.replace(cfg.strategy_params)
-                               if cfg.strategy_params is not None else None)

@@ -9,6 +9,7 @@ A field may carry a JSON/CLI ``key`` that differs from its Python name (``lambda
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import typing
 from dataclasses import Field
@@ -17,11 +18,13 @@ from typing import Any, Iterable
 from .errors import UserError
 
 
-def opt(default: Any, help: str, *, choices: Iterable[Any] | None = None, min: float | None = None,
+def opt(default: Any, help: str, *, choices: Iterable[Any] | str | None = None, min: float | None = None,
         max: float | str | None = None, min_exclusive: bool = False, key: str | None = None,
         finite: bool = True, protocol: bool = True, how: bool = False) -> Any:
     """Declare one option: default, a help text with its unit, and optional choices/bounds.
 
+    ``choices`` is a tuple, or the ``"module:NAME"`` of the registry or module constant that owns
+    them (``"cl_diffusion.profiles:PROFILES"``), read when first needed, so the list lives once.
     ``max`` may name another option (``max="num_timesteps"``): :class:`~cl_diffusion.config.Config`
     checks the bound against that option's value. A float option must be finite (no nan/inf)
     unless it declares ``finite=False``. ``protocol=False``: bookkeeping (seed, paths, logging), not
@@ -29,7 +32,7 @@ def opt(default: Any, help: str, *, choices: Iterable[Any] | None = None, min: f
     ``how=True``: it says where or how fast to compute, not what (device, precision), so a
     re-evaluation may change it.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
+    meta = {"help": help, "choices": choices if choices is None or isinstance(choices, str) else tuple(choices),
             "min": min, "max": max, "min_exclusive": min_exclusive, "key": key, "finite": finite,
             "protocol": protocol, "how": how}
     return dataclasses.field(default=default, metadata=meta)
@@ -40,6 +43,17 @@ def redefault(owner: type, name: str, default: Any) -> Any:
     help, choices and bounds: ``lambda_: float = redefault(Base.Params, "lambda_", 0.75)``."""
     f = owner.__dataclass_fields__[name]
     return dataclasses.field(default=default, metadata=f.metadata)
+
+
+def choices_of(f: Field) -> tuple[Any, ...] | None:
+    """The valid values of ``f``, or None when any value of its type goes. A ``"module:NAME"``
+    reference is resolved here: a registry gives its names, a mapping its keys, a sequence itself."""
+    c = f.metadata.get("choices")
+    if not isinstance(c, str):
+        return c
+    module, _, name = c.partition(":")
+    owner = getattr(importlib.import_module(module), name)
+    return tuple(owner.names() if hasattr(owner, "names") else owner)
 
 
 def key_of(f: Field) -> str:
@@ -114,9 +128,9 @@ def _bounds_text(f: Field, linked: tuple[str, Any] | None = None) -> str:
 def check(cls: type, f: Field, value: Any) -> None:
     """Check choices, finiteness and bounds declared in the field's metadata (a ``max`` naming
     another option is checked by :func:`check_linked`)."""
-    m, name = f.metadata, key_of(f)
-    if m.get("choices") is not None and value not in m["choices"]:
-        listed = ", ".join(str(c) for c in m["choices"])
+    m, name, choices = f.metadata, key_of(f), choices_of(f)
+    if choices is not None and value not in choices:
+        listed = ", ".join(str(c) for c in choices)
         raise UserError(f"bad value {value!r} for {name}; valid choices: {listed}")
     if isinstance(value, float) and m.get("finite", True) and not math.isfinite(value):
         raise UserError(f"bad value {value!r} for {name}: must be a finite number{_bounds_text(f)}")
@@ -193,19 +207,38 @@ def describe(obj: Any) -> list[tuple[str, Any, str]]:
     return [(key_of(f), getattr(obj, f.name), f.metadata.get("help", "")) for f in option_fields(obj)]
 
 
-def add_flags(parser: Any, cls: type, keys: Iterable[str], show_default: bool = True) -> None:
+def add_flags(parser: Any, cls: type, keys: Iterable[str], show_default: bool = True,
+              defaults: dict[str, Any] | None = None, required: bool = False, note: str = "") -> None:
     """Add ``--key-name`` flags for the options ``keys`` of the dataclass ``cls``: help, default and
     choices come from the field, so a flag never restates what its option declares. Values stay
-    strings (default None: not given) and are coerced and checked like ``--set`` values."""
+    strings (default None: not given) and are coerced and checked like ``--set`` values
+    (:func:`flag_values`). ``defaults`` gives a command's own default for some keys (the flag then
+    has that value when not given); ``note`` is appended to each help text."""
     fields = {key_of(f): f for f in option_fields(cls)}
+    defaults = defaults or {}
     for key in keys:
         f = fields[key]
-        choices = f.metadata.get("choices")
-        extra = f"; choices: {' | '.join(map(str, choices))}" if choices else ""
-        default = f"default {chr(39) * 2 if f.default == '' else f.default}" if show_default else ""
-        note = "; ".join(part for part in (default, extra[2:]) if part)
-        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(),
-                            help=f"{f.metadata.get('help', '')}" + (f" ({note})" if note else ""))
+        choices = choices_of(f)
+        shown = defaults.get(key, f.default)
+        parts = [f"default {chr(39) * 2 if shown == '' else shown}" if show_default else "",
+                 f"choices: {' | '.join(map(str, choices))}" if choices else "", note]
+        extra = "; ".join(part for part in parts if part)
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), required=required,
+                            default=defaults.get(key),
+                            help=f"{f.metadata.get('help', '')}" + (f" ({extra})" if extra else ""))
+
+
+def flag_values(args: Any, cls: type, keys: Iterable[str]) -> dict[str, Any]:
+    """The flags ``keys`` of ``args`` that were given (or have a command default), coerced to their
+    option's type and checked against its choices and bounds (:class:`UserError` otherwise)."""
+    fields = {key_of(f): f for f in option_fields(cls)}
+    out: dict[str, Any] = {}
+    for key in keys:
+        raw = getattr(args, key, None)
+        if raw is not None:
+            out[key] = coerce(cls, fields[key], raw)
+            check(cls, fields[key], out[key])
+    return out
 
 
 def keys_where(obj_or_cls: Any, flag: str, value: bool = True) -> list[str]:

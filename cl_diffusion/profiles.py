@@ -34,8 +34,7 @@ PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("paper", Profile("paper", "the paper's protocol (Masip et al. 2024): GPU-scale"))
 PROFILES.add("quick", Profile(
     "quick",
-    "CPU-scale: 16x16 images, 'small' UNet, 600 iterations of batch 64 per task, 1,000 evaluation "
-    "samples, small CNN evaluation classifier; a 5-task fmnist-5 finetune run takes ~10 min on 2 cores",
+    "CPU-scale, for 2 CPU cores: a small UNet, short training, fewer evaluation samples",
     {
         "image_size": 16, "model": "small", "iters_per_task": 600, "batch_size": 64, "grid_samples": 64,
         "eval_samples": 1000, "eval_batch_size": 250, "classifier": "cnn",
@@ -44,8 +43,7 @@ PROFILES.add("quick", Profile(
 ))
 PROFILES.add("smoke", Profile(
     "smoke",
-    "test-scale: 16x16 images, 'tiny' UNet, 4 iterations per task on 64 training and 100 test images per class, 32 "
-    "evaluation samples at 2 DDIM steps; checks the plumbing only, the numbers mean nothing",
+    "test-scale: a tiny UNet, a few iterations on a data subset; checks the plumbing only, the numbers mean nothing",
     {
         "image_size": 16, "model": "tiny", "iters_per_task": 4, "batch_size": 16, "train_subset": 64,
         "test_subset": 100,

@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .config import RunConfig
 from .errors import UserError, cli_main
+from .options import add_flags
 from .run import _Parser, parse_sets, set_threads
 
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished run: config.json, metrics.csv and model_task{K}.safetensors")
     p.add_argument("--out", required=True, help="new folder for the metrics (must not exist)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an evaluation option")
-    p.add_argument("--device", help="auto | cpu | cuda (default: the run's)")
+    add_flags(p, RunConfig, ["device"], show_default=False, note="default: the run's")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     return p
 

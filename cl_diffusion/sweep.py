@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from .config import RunConfig
 from .errors import UserError, cli_main
+from .options import add_flags
 from .run import _Parser, parse_sets, set_threads
 
 
@@ -108,7 +110,7 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print, force:
                     "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
                     "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
                     "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
-                    "wall_seconds_this_session": round(time.time() - start, 1),
+                    "wall_seconds_last_call": round(time.time() - start, 1),
                     **({"resumed_by_commit": resumed_by} if resumed_by else {}),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(folder / "manifest.json", manifest)
@@ -309,10 +311,10 @@ def _no_repeats(flag: str, items: Sequence[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m cl_diffusion.sweep", description="run a grid of runs into results/")
-    p.add_argument("--benchmark", required=True)
+    add_flags(p, RunConfig, ["benchmark"], show_default=False, required=True)
     p.add_argument("--strategies", required=True, help="comma-separated strategy names")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
+    add_flags(p, RunConfig, ["profile"], defaults={"profile": "quick"})
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
     p.add_argument("--out", default="results", help="results folder (default results/)")
@@ -385,10 +387,11 @@ def checked_specs(args: argparse.Namespace) -> list[RunSpec]:
 def _check_every_run(specs: Sequence[RunSpec], out: Path, args: argparse.Namespace) -> None:
     """Resolve and check each run's config (memory against a ``--jobs`` share of the device's),
     after each ``--grid`` value alone, so that an error names the flag it came from."""
+    import copy
+
     import torch
 
     from .app import load_plugins, resolve_device
-    from .config import copy_config
     from .preflight import check_run
     from .profiles import resolve_config
 
@@ -400,7 +403,7 @@ def _check_every_run(specs: Sequence[RunSpec], out: Path, args: argparse.Namespa
         for key, values in parse_grid(args.grid):
             for value in values:
                 try:
-                    copy_config(base).set(key, value)
+                    copy.deepcopy(base).set(key, value)
                 except UserError as err:
                     raise UserError(f"--grid {key}: {err}") from None
     for spec in specs:

@@ -161,8 +161,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("reevaluate", ["{run}", "--out", "{out}/re", "--threads", "0"], r"bad value 0 for --threads"),
     ("reevaluate", ["{run}", "--out", "{out}/re"], r"lacks the saved weights model_task1.safetensors"),
     # --- bench ---------------------------------------------------------------------------------------
-    ("bench", ["--device", "tpu", "--out", "{out}"], r"argument --device: invalid choice: 'tpu' \(choose from "
-                                                     r".*auto.*cpu.*cuda"),
+    ("bench", ["--device", "tpu", "--out", "{out}"], r"bad value 'tpu' for device; valid choices: auto, cpu, cuda"),
+    ("bench", ["--compile", "maybe", "--out", "{out}"], r"bad value 'maybe' for compile; valid choices: auto, on, off"),
     ("bench", ["--preset", "paper-fmnst", "--out", "{out}"],
      r"unknown model preset 'paper-fmnst'; valid choices: .*\(did you mean 'paper-fmnist'\?\)"),
     ("bench", ["--batch", "0", "--out", "{out}"], r"bad value 0 for --batch: must be >= 1"),

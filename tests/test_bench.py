@@ -80,7 +80,7 @@ def test_quick_bench_writes_every_section(tmp_path, keep_threads, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "nope"], r"unknown model preset 'nope'; valid choices: .*paper-fmnist"),
-    (["--device", "tpu"], r"invalid choice: 'tpu'"),
+    (["--device", "tpu"], r"bad value 'tpu' for device; valid choices: auto, cpu, cuda"),
     (["--repeats", "0"], r"bad value 0 for --repeats: must be >= 1"),
     (["--threads", "0"], r"bad value 0 for --threads"),
 ])

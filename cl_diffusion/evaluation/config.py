@@ -28,14 +28,13 @@ class EvalConfig:
     pr_k: int = opt(3, "precision/recall (Kynkaanniemi et al. 2019): k of the k-NN manifold radii (paper: 3)",
                     min=1)
     # --- evaluation classifier (KLD/ARD, FID_clf, routing of the per-task matrix) -----------------
-    classifier: str = opt("resnet18", "evaluation classifier for KLD/ARD/FID_clf", choices=("resnet18", "cnn"))
-    clf_epochs: int = opt(0, "classifier training epochs over all classes' training data; "
-                             "0 = the preset's (resnet18: 15, cnn: 20)", min=0)
-    clf_iters: int = opt(0, "cap on classifier training iterations; 0 = the preset's (resnet18: none, cnn: 500)",
-                         min=0)
-    clf_batch_size: int = opt(0, "classifier training batch size; 0 = the preset's (resnet18: 128, cnn: 64)", min=0)
-    clf_lr: float = opt(0.0, "classifier Adam learning rate (cosine-decayed); 0 = the preset's "
-                             "(resnet18: 1e-3, cnn: 3e-3)", min=0.0)
+    classifier: str = opt("resnet18", "evaluation classifier for KLD/ARD/FID_clf",
+                          choices="cl_diffusion.evaluation.classifier:CLASSIFIERS")
+    clf_epochs: int = opt(0, "classifier training epochs over all classes' training data; 0 = the preset's "
+                             "(--list)", min=0)
+    clf_iters: int = opt(0, "cap on classifier training iterations; 0 = the preset's (--list)", min=0)
+    clf_batch_size: int = opt(0, "classifier training batch size; 0 = the preset's (--list)", min=0)
+    clf_lr: float = opt(0.0, "classifier Adam learning rate (cosine-decayed); 0 = the preset's (--list)", min=0.0)
     clf_seed: int = opt(0, "seed of classifier training (the classifier is shared by all runs, not per run seed)",
                         min=0)
     clf_pretrained: bool = opt(True, "start resnet18 from torchvision's ImageNet weights when they are cached "
@@ -51,7 +50,7 @@ class EvalConfig:
                                 min_exclusive=True)
     kd_variant: str = opt("standard", "solver KD: 'standard' (teacher probs as targets) or 'paper-code' "
                                      "(student probs outside the log, as in the paper's code)",
-                          choices=("standard", "paper-code"))
+                          choices="cl_diffusion.evaluation.solver:KD_VARIANTS")
     # --- outputs ------------------------------------------------------------------------------------
     tensorboard: bool = opt(False, "also log every metric to TensorBoard through Avalanche's logger",
                             protocol=False)
