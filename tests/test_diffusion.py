@@ -71,8 +71,8 @@ def test_alpha_bar_strictly_decreasing(kind: str, zero_snr: bool) -> None:
     s = NoiseSchedule(rescale_zero_terminal_snr(betas) if zero_snr else betas)
     ab = s.alpha_bar.numpy()
     assert s.alpha_bar.dtype == torch.float64 and s.T == 1000
-    assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] >= 0
-    assert np.allclose(s.alpha_bar_prev[1:], s.alpha_bar[:-1]) and s.alpha_bar_prev[0] == 1
+    assert np.all(np.diff(ab) < 0) and ab[0] < 1 and (ab[-1] == 0) == zero_snr  # ends at 0 only when rescaled
+    assert np.allclose(ab, np.cumprod(1.0 - s.betas.numpy()), rtol=1e-14)
 
 
 def test_zero_terminal_snr() -> None:
@@ -110,12 +110,22 @@ def test_bad_betas_and_to() -> None:
     assert out.shape == (2, 1, 1, 1) and out.dtype == torch.float32 and out[1].item() == 0.0
 
 
-def test_posterior_variance_eq7() -> None:
+def test_ddpm_step_is_posterior_eq7() -> None:
+    """On the full chain (s = t - 1) one ancestral step draws from q(x_{t-1} | x_t, x0_pred):
+    mean and variance ``beta_tilde_t`` of DDPM (Ho et al. 2020) Eq. 7, written with beta_t and alpha_t."""
+    from cl_diffusion.diffusion.samplers import _ddpm_update
+
     s = paper_schedule(100, zero_snr=False)
-    t = 40
-    expected = (1 - s.alpha_bar[t - 1]) / (1 - s.alpha_bar[t]) * s.betas[t]
-    assert s.posterior_variance[t].item() == pytest.approx(expected.item(), rel=1e-12)
-    assert s.posterior_variance[0].item() == 0.0
+    ab_ext = torch.cat([torch.ones(1, dtype=torch.float64), s.alpha_bar])
+    t_, x_t, eps = 40, torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    t, prev = torch.full((3,), t_), torch.full((3,), t_ - 1)
+    out = _ddpm_update(s, ab_ext, x_t, t, prev, eps, clip_x0=False, generator=torch.Generator().manual_seed(5))
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    beta, ab, ab_prev = s.betas[t_].item(), s.alpha_bar[t_].item(), s.alpha_bar[t_ - 1].item()
+    x0 = (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab + ALPHA_BAR_EPS)
+    mean = math.sqrt(ab_prev) * beta / (1 - ab) * x0 + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x_t
+    beta_tilde = (1 - ab_prev) / (1 - ab) * beta
+    assert torch.allclose(out, mean + math.sqrt(beta_tilde) * z, rtol=1e-10, atol=1e-12)
 
 
 # --- timesteps ------------------------------------------------------------------------------------

@@ -61,33 +61,29 @@ class NoiseSchedule:
 
     Attributes (paper symbols):
         betas: ``beta_t``.
-        alphas: ``alpha_t = 1 - beta_t``.
-        alpha_bar: ``alpha_bar_t = prod_{s<=t} alpha_s``; strictly decreasing, may end at exactly 0.
-        alpha_bar_prev: ``alpha_bar_{t-1}``, with ``alpha_bar_{-1} = 1``.
-        sqrt_alpha_bar, sqrt_one_minus_alpha_bar: ``sqrt(alpha_bar_t)``, ``sqrt(1 - alpha_bar_t)``.
-        posterior_variance: ``beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t``,
-            DDPM (Ho et al. 2020) Eq. 7.
+        alpha_bar: ``alpha_bar_t = prod_{s<=t} (1 - beta_s)``; strictly decreasing, may end at exactly 0.
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar: ``sqrt(alpha_bar_t)``, ``sqrt(1 - alpha_bar_t)``
+            (the forward process, DDPM (Ho et al. 2020) Eq. 4).
+
+    The samplers derive every reverse-step coefficient (DDIM's Eq. 12, DDPM's posterior variance
+    ``beta_tilde``, Eq. 7) from ``alpha_bar`` alone, for any pair of respaced timesteps, so the
+    schedule holds no per-step posterior arrays.
 
     Args:
         betas: ``[T]`` with ``0 < beta_t < 1``, except the last, which may be exactly 1 (zero
             terminal SNR). Any array-like; stored as float64.
     """
 
-    _ARRAYS = ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar",
-               "sqrt_one_minus_alpha_bar", "posterior_variance")
+    _ARRAYS = ("betas", "alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
 
     def __init__(self, betas: np.ndarray | Sequence[float]) -> None:
         b = _check_betas(betas)
         alpha_bar = np.cumprod(1.0 - b)
-        alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
         arrays = {
             "betas": b,
-            "alphas": 1.0 - b,
             "alpha_bar": alpha_bar,
-            "alpha_bar_prev": alpha_bar_prev,
             "sqrt_alpha_bar": np.sqrt(alpha_bar),
             "sqrt_one_minus_alpha_bar": np.sqrt(1.0 - alpha_bar),
-            "posterior_variance": b * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
         }
         for name in self._ARRAYS:
             setattr(self, name, torch.from_numpy(arrays[name]))
