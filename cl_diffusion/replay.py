@@ -93,10 +93,15 @@ class DistillationStrategy(Strategy):
         """B replay images beside the B current ones."""
         return 1.0
 
+    #: For the cost estimate: the share of the teacher's ``teacher_steps``-step trajectory run to make
+    #: one replay input (1 for a whole sample, 0 when the input is not generated), and the teacher
+    #: forwards beside it (the target prediction). The defaults are gd's: a sample and a target.
+    trajectory_share: float = 1.0
+    other_teacher_forwards: float = 1.0
+
     @classmethod
     def teacher_forwards_per_replay_image(cls, params: "DistillationStrategy.Params") -> float:
-        """A DDIM sample of ``teacher_steps`` steps and one target prediction (gd)."""
-        return params.teacher_steps + 1.0
+        return params.teacher_steps * cls.trajectory_share + cls.other_teacher_forwards
 
     # ---- the one hook subclasses write --------------------------------------------------------
     def replay_pair(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

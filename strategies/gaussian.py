@@ -16,9 +16,7 @@ class GaussianDistillation(DistillationStrategy):
     class Params(DistillationStrategy.Params):
         lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 8.0)
 
-    @classmethod
-    def teacher_forwards_per_replay_image(cls, params):
-        return 1.0  # the target only
+    trajectory_share = 0.0  # cost: the input is noise; one teacher pass for the target
 
     def replay_pair(self, x0, x_t, t):
         x_r = self.randn_like(x0)

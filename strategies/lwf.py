@@ -17,9 +17,7 @@ class LwFDistillation(DistillationStrategy):
     class Params(DistillationStrategy.Params):
         lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 1.25)
 
-    @classmethod
-    def teacher_forwards_per_replay_image(cls, params):
-        return 1.0  # the target only
+    trajectory_share = 0.0  # cost: the input is the current batch; one teacher pass for the target
 
     def replay_pair(self, x0, x_t, t):
         return x_t, t, self.teacher.eps(x_t, t)

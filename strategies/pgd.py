@@ -16,9 +16,7 @@ class PartialGenerationDistillation(DistillationStrategy):
     class Params(DistillationStrategy.Params):
         lambda_: float = redefault(DistillationStrategy.Params, "lambda_", 0.75)
 
-    @classmethod
-    def teacher_forwards_per_replay_image(cls, params):
-        return params.teacher_steps / 2 + 2.0  # about half the trajectory, its final jump, the target
+    trajectory_share, other_teacher_forwards = 0.5, 2.0  # cost: half a trajectory, its final jump, the target
 
     def replay_pair(self, x0, x_t, t):
         t_r = self.random_t(x0.shape[0])
