@@ -7,7 +7,8 @@ have outliers). Reads results/, never trains.
 from _common import color, load_runs, parser, plt, save, sort_variants
 
 
-def main() -> None:
+def main() -> "plt.Figure":
+    """Write the PNG; returns the figure (closed) for tests to inspect."""
     args = parser(__doc__.split("\n")[0]).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
     df = df[(~df["variant"].str.contains("__")) & (df["task"] > 1)]
@@ -20,6 +21,7 @@ def main() -> None:
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=30)
     save(fig, args.out, f"{args.benchmark}_{args.profile}_costs.png")
+    return fig
 
 
 if __name__ == "__main__":

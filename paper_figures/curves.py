@@ -9,7 +9,8 @@ PANELS = [("fid_clf", "FID_clf (own classifier features)"), ("fid", "FID (Incept
           ("acc", "solver ACC (seen tasks)")]
 
 
-def main() -> None:
+def main() -> "plt.Figure":
+    """Write the PNG; returns the figure (closed) for tests to inspect."""
     args = parser(__doc__.split("\n")[0]).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
     df = df[~df["variant"].str.contains("__")]  # base variants only
@@ -31,6 +32,7 @@ def main() -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{args.benchmark}, profile {args.profile}: per-task curves (mean ± SE over seeds)", fontsize=10)
     save(fig, args.out, f"{args.benchmark}_{args.profile}_curves.png")
+    return fig
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ point per run, every variant (grid variants included). Reads results/, never tra
 from _common import color, load_runs, parser, plt, save, sort_variants
 
 
-def main() -> None:
+def main() -> "plt.Figure":
+    """Write the PNG; returns the figure (closed) for tests to inspect."""
     args = parser(__doc__.split("\n")[0]).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
     total = df.groupby(["variant", "seed"]).agg(train_seconds=("train_seconds", "sum"),
@@ -20,6 +21,7 @@ def main() -> None:
     ax.set_ylabel("FID_clf after the last task (lower is better)")
     ax.legend(fontsize=6, ncol=2)
     save(fig, args.out, f"{args.benchmark}_{args.profile}_quality_vs_compute.png")
+    return fig
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import matplotlib.image as mpimg
 from _common import load_runs, parser, plt, save, sort_variants
 
 
-def main() -> None:
+def main() -> "plt.Figure":
+    """Write the PNG; returns the figure (closed) for tests to inspect."""
     args = parser(__doc__.split("\n")[0]).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
     df = df[~df["variant"].str.contains("__")]
@@ -24,6 +25,7 @@ def main() -> None:
         ax.axis("off")
     fig.suptitle(f"{args.benchmark}, profile {args.profile}: samples after the last task (same noise)", fontsize=10)
     save(fig, args.out, f"{args.benchmark}_{args.profile}_samples.png")
+    return fig
 
 
 if __name__ == "__main__":

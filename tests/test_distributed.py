@@ -93,16 +93,29 @@ def test_two_processes_write_one_run(runs):
     assert json.loads((run_dir / "config.json").read_text())["meta"]["world_size"] == 2
 
 
+# Relative difference |single - two| / |single| allowed, on every task's row. Each run is
+# deterministic (measured: identical metrics over 3 repeated runs of each at seed 0), so the gap is
+# fixed by which random draws each set-up makes: it is sampling noise of a 4-iteration, 32-sample
+# run, frozen at one seed. Measured over seeds 0-7 (this comparison with --seed k, 24 task rows):
+# train_loss at most 4.9e-2 (median 1.3e-2), fid_clf at most 8.7e-2 (median 1.9e-2). The
+# tolerances are twice those maxima. For scale: the 2-process run with twice the learning rate
+# misses train_loss by 23% and 32% on tasks 2 and 3, and with 3 iterations per task instead of 4
+# by 14% on task 3; both passed the former 50% tolerance.
+TOLERANCE = {"train_loss": 0.10, "fid_clf": 0.18}
+
+
 def test_two_processes_close_to_one(runs):
     """Same data order and global batch; the ranks draw their own t, eps and replay noise, so the
-    numbers differ by sampling noise only. Smoke runs have 4 iterations of 16 images per task and
-    32 evaluation samples, so that noise is large: within 50% (observed: a few %)."""
-    one, two = read_csv(runs["single"][0] / "metrics.csv")[-1], read_csv(runs["two"][0] / "metrics.csv")[-1]
-    for key in ("train_loss", "fid_clf"):
-        a, b = float(one[key]), float(two[key])
-        assert abs(a - b) <= 0.5 * abs(a), (key, a, b)
-    # the work is the same: the teacher generates B replay images per iteration in total
-    assert one["teacher_image_evals"] == two["teacher_image_evals"]
+    numbers differ by sampling noise only (:data:`TOLERANCE`)."""
+    ones, twos = read_csv(runs["single"][0] / "metrics.csv"), read_csv(runs["two"][0] / "metrics.csv")
+    assert len(ones) == len(twos) == 3
+    for one, two in zip(ones, twos):
+        for key, tol in TOLERANCE.items():
+            a, b = float(one[key]), float(two[key])
+            assert abs(a - b) <= tol * abs(a), (one["task"], key, a, b, abs(a - b) / abs(a))
+        # the work is the same: the teacher generates B replay images per iteration in total
+        assert one["teacher_image_evals"] == two["teacher_image_evals"]
+        assert one["train_iters"] == two["train_iters"]
 
 
 def test_kill9_then_resume_two_processes_matches_uninterrupted(runs):

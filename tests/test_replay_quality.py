@@ -33,7 +33,10 @@ def test_scores_each_step_count_and_matches_the_run_at_its_eval_steps(smoke_run,
     two = res["rows"][1]
     assert two["fid_clf"] == pytest.approx(float(row["fid_clf"]), rel=1e-6)
     assert two["kld"] == pytest.approx(float(row["kld"]), rel=1e-6)
-    assert 0.0 <= two["share_seen"] <= 1.0
+    # after task 1 the seen classes are task 1's: the run's per-task share of its samples routed there
+    first = next(csv.DictReader(open(smoke_run / "per_task.csv")))
+    assert (first["task_after"], first["task_j"]) == ("1", "1")
+    assert two["share_seen"] == pytest.approx(float(first["share"]), rel=1e-6)
 
 
 def test_never_overwrites_and_rejects_bad_input(smoke_run, tmp_path, capsys):
