@@ -16,10 +16,11 @@ default stays ignored while the process exits).
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Iterator
 
 from . import distributed
 
@@ -77,6 +78,15 @@ class StopRequest:
         self.signum = self.signum or signum
         if self.urgent and not self.stopping:
             raise self.stop()
+
+    @contextlib.contextmanager
+    def urgency(self, urgent: bool) -> Iterator[None]:
+        """Within the block, :attr:`urgent` is ``urgent``; its previous value is restored after."""
+        saved, self.urgent = self.urgent, urgent
+        try:
+            yield
+        finally:
+            self.urgent = saved
 
     def stop(self) -> Preempted:
         """The exception that ends the run; later signals are ignored."""

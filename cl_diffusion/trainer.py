@@ -193,9 +193,13 @@ class Trainer:
     # ---- end of task ----------------------------------------------------------------------------
     def finish_task(self, k: int) -> None:
         """Sample grid, evaluation, metrics row, weights and checkpoint; then move to task k+1."""
-        pos, main, ctx = self.pos, distributed.is_main(), self.context(k)
         # a signal now stops a single process at once: the phase-"eval" checkpoint is its resume point
-        self.stop.urgent = distributed.world_size() == 1
+        with self.stop.urgency(distributed.world_size() == 1):
+            self._evaluate_and_save(k)
+        self.log(_summary(self.pos.rows[-1]))
+
+    def _evaluate_and_save(self, k: int) -> None:
+        pos, main, ctx = self.pos, distributed.is_main(), self.context(k)
         generator = self.strategy.generator(ctx)
         start = time.perf_counter()
         if main:
@@ -216,8 +220,6 @@ class Trainer:
                          {"task": str(k + 1), "strategy": self.cfg.run.strategy})
         self.pos = Position(task=k + 1, rows=pos.rows, per_task_rows=pos.per_task_rows)
         self.checkpoint()
-        self.stop.urgent = False
-        self.log(_summary(row))
 
     def _train_row(self, k: int, sample_seconds: float) -> dict[str, Any]:
         pos = self.pos
@@ -273,13 +275,10 @@ class Trainer:
         if not distributed.is_main():
             return None
         require_folder(self.run_dir, "run directory")  # never recreate a deleted run in an empty folder
-        urgent, self.stop.urgent = self.stop.urgent, False  # a signal waits for the checkpoint being written
-        try:
+        with self.stop.urgency(False):  # a signal waits for the checkpoint being written
             path = save_checkpoint(self.run_dir / "ckpt", self.state(ranks))
             self.saved_at = (self.pos.task, self.pos.iters)
-        finally:
-            self.stop.urgent = urgent
-        if urgent and self.stop.signum and self.pos.task < self.stream.n_tasks:
+        if self.stop.urgent and self.stop.signum and self.pos.task < self.stream.n_tasks:
             raise self.stop.stop()
         return path
 
