@@ -195,11 +195,32 @@ def _load(results: Path, benchmark: str | None, profile: str | None, columns: Se
     return df
 
 
+DEFAULTS = "defaults"  # --variants: every strategy at its default settings (no --grid values)
+
+
+def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
+    """The rows of the variants named in ``spec`` (comma-separated; ``defaults`` = those without
+    grid values); all rows for None. UserError naming the valid variants for an unknown one."""
+    if spec is None:
+        return df
+    variants = sorted(df["variant"].unique(), key=_variant_key)
+    keep: list[str] = []
+    for name in (s.strip() for s in spec.split(",")):
+        if name == DEFAULTS:
+            keep += [v for v in variants if "__" not in v]
+        elif name in variants:
+            keep.append(name)
+        else:
+            raise choice_error("variant in --variants", name, [DEFAULTS, *variants])
+    return df[df["variant"].isin(keep)]
+
+
 def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
-                columns: Sequence[Column] = COLUMNS) -> str:
-    """The tables of all (benchmark, profile) groups of complete runs, each with its title."""
+                columns: Sequence[Column] = COLUMNS, variants: str | None = None) -> str:
+    """The tables of all (benchmark, profile) groups of complete runs, each with its title;
+    ``variants`` selects rows (:func:`select_variants`)."""
     _check_format(fmt)
-    df = _load(results, benchmark, profile, columns)
+    df = select_variants(_load(results, benchmark, profile, columns), variants)
     parts = []
     for (bench, prof), sub in _groups(df):
         title = f"{bench}, profile {prof}: after the last task, mean ± SE over seeds"
@@ -251,13 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default="markdown", help="markdown | latex | csv")
     p.add_argument("--columns", help=f"comma-separated, from: {', '.join(COLUMN_KEYS)} (default: all)")
     p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
+    p.add_argument("--variants", help=f"comma-separated variants to show (default: all); '{DEFAULTS}' = every "
+                                      "strategy at its default settings")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     args = p.parse_args(argv)
     columns = parse_columns(args.columns)
     if args.compare is not None:
         out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
     else:
-        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns)
+        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants)
     sys.stdout.write(out)
     return 0
 

@@ -125,3 +125,40 @@ def test_compare_errors(tmp_path, capsys):
     assert err.rstrip().endswith("valid choices to pair with gd: gr") and err.count("\n") == 1
     assert main(["--results", str(tmp_path), "--compare", "gd"]) == 2
     assert "expected two different variants" in capsys.readouterr().err
+
+
+def test_variants_option(tmp_path, capsys):
+    """--variants keeps the named rows; 'defaults' keeps the strategies at their default settings."""
+    _fake_run(tmp_path, "gd", 0, 10.0, 0.70)
+    _fake_run(tmp_path, "gr", 0, 40.0, 0.50)
+    _fake_run(tmp_path, "gd", 0, 8.0, 0.62, grid={"lambda": "2"})
+
+    def rows(spec):
+        table = build_table(tmp_path, "fmnist-5", "quick", "markdown", variants=spec)
+        return [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| g")]
+
+    assert rows(None) == ["gr", "gd", "gd__lambda=2"]
+    assert rows("defaults") == ["gr", "gd"]
+    assert rows("gd__lambda=2,gr") == ["gr", "gd__lambda=2"]
+    assert "**10.00**" in build_table(tmp_path, "fmnist-5", "quick", "markdown", variants="defaults")  # best among shown
+    assert main(["--results", str(tmp_path), "--variants", "gd,lwf"]) == 2
+    assert "unknown variant in --variants 'lwf'; valid choices: defaults, gr, gd, gd__lambda=2" in capsys.readouterr().err
+
+
+def test_committed_tables_regenerate_from_results():
+    """README's tables and results/tables/ are what the tables command prints from results/ now,
+    with the columns their text names (docs/results.md, README 'Results')."""
+    from pathlib import Path
+
+    from cl_diffusion.tables import parse_columns
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    for path in sorted((repo / "results" / "tables").glob("*_quick.md")):
+        bench = path.name[:-len("_quick.md")]
+        full = build_table(repo / "results", bench, "quick", "markdown",
+                           parse_columns("fid,fid_clf,kld,ard,acc,forgetting"))
+        assert path.read_text() == full, f"{path} is stale: regenerate it (docs/results.md)"
+        short = build_table(repo / "results", bench, "quick", "markdown",
+                            parse_columns("fid_clf,kld,acc,forgetting"), variants="defaults")
+        assert short.split("\n", 2)[2].strip() in readme, f"README's {bench} table is stale"
