@@ -19,6 +19,24 @@ import pandas as pd
 from .evaluation.aggregates import KINDS, aggregates, matrix
 
 RUN_COLUMNS = ("benchmark", "profile", "variant", "strategy", "seed")  # what identifies a run
+#: the order of strategies in tables and figures: the paper's, then the other suites' baselines
+ORDER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd",
+         "er", "agem", "ewc", "si", "mas", "l2", "ensemble", "lora")
+
+
+def variant_key(variant: str) -> tuple:
+    """Sort key of a variant name ``<strategy>[__<key>=<value>...]``: the strategy's place in
+    :data:`ORDER` (unknown ones after, by name), then its grid values, numbers numerically."""
+    strategy, _, rest = variant.partition("__")
+    rank = ORDER.index(strategy) if strategy in ORDER else len(ORDER)
+    parts = []
+    for kv in rest.split("__") if rest else []:
+        k, _, v = kv.partition("=")
+        try:
+            parts.append((k, 0, float(v), ""))
+        except ValueError:
+            parts.append((k, 1, 0.0, v))
+    return rank, strategy, parts
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .errors import UserError, choice_error, cli_main
 from .evaluation.aggregates import KINDS
-from .results import complete_runs, last_task
+from .results import complete_runs, last_task, variant_key
 from .run import _Parser
 
 
@@ -60,7 +60,6 @@ COLUMNS = tuple([Column(m, h, lower, dec, m) for m, h, lower, dec in LAST_TASK]
                 + [Column(f"{m}_{kind}", f"{h} {kind.upper()}", lower, dec, m, kind)
                    for m, h, lower, dec in AGGREGATED for kind in KINDS])
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
-ORDER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")
 FORMATS = ("markdown", "latex", "csv")
 
 
@@ -84,23 +83,10 @@ def load_results(results: Path, benchmark: str | None = None, profile: str | Non
     return last_task(complete_runs(results, benchmark, profile), last, aggregated)
 
 
-def _variant_key(variant: str) -> tuple:
-    strategy, _, rest = variant.partition("__")
-    rank = ORDER.index(strategy) if strategy in ORDER else len(ORDER)
-    parts = []
-    for kv in rest.split("__") if rest else []:
-        k, _, v = kv.partition("=")
-        try:
-            parts.append((k, 0, float(v), ""))
-        except ValueError:
-            parts.append((k, 1, 0.0, v))
-    return rank, strategy, parts
-
-
 def summarize(df: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """Mean, SE (pandas ``sem``: sample std / sqrt(n), NaN for one seed) and seed count per
     variant, in the paper's strategy order; columns ``variant, n, <key>_mean, <key>_se``."""
-    order = sorted(df["variant"].unique(), key=_variant_key)
+    order = sorted(df["variant"].unique(), key=variant_key)
     groups = df.groupby("variant")
     out = pd.DataFrame({"variant": order, "n": groups.size().loc[order].to_numpy()})
     for c in columns:  # one column at a time: a cell never depends on which other columns are shown
@@ -203,7 +189,7 @@ def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     grid values); all rows for None. UserError naming the valid variants for an unknown one."""
     if spec is None:
         return df
-    variants = sorted(df["variant"].unique(), key=_variant_key)
+    variants = sorted(df["variant"].unique(), key=variant_key)
     keep: list[str] = []
     for name in (s.strip() for s in spec.split(",")):
         if name == DEFAULTS:
@@ -235,7 +221,7 @@ def build_comparison(results: Path, benchmark: str | None, profile: str | None, 
     share at least 2 seeds. UserError for a malformed pair, an unknown variant, or no such group."""
     _check_format(fmt)
     df = _load(results, benchmark, profile, columns)
-    variants = sorted(df["variant"].unique(), key=_variant_key)
+    variants = sorted(df["variant"].unique(), key=variant_key)
     names = [s.strip() for s in pair.split(",")]
     if len(names) != 2 or not all(names) or names[0] == names[1]:
         raise UserError(f"bad value {pair!r} for --compare: expected two different variants as A,B; "

@@ -11,10 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cl_diffusion.results import complete_runs, read_metrics  # noqa: E402
+from cl_diffusion.results import complete_runs, read_metrics, variant_key  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")
 COLORS = {"finetune": "#7f7f7f", "joint": "#000000", "gr": "#d62728", "gd": "#1f77b4", "lwf": "#2ca02c",
           "gaussian": "#9467bd", "pgd": "#ff7f0e"}
 
@@ -39,10 +38,7 @@ def load_runs(results: str, benchmark: str, profile: str) -> pd.DataFrame:
 
 
 def sort_variants(variants) -> list[str]:
-    def key(v: str):
-        s = v.split("__")[0]
-        return (ORDER.index(s) if s in ORDER else len(ORDER), v)
-    return sorted(set(variants), key=key)
+    return sorted(set(variants), key=variant_key)
 
 
 def mean_se(values: pd.Series) -> tuple[float, float]:
