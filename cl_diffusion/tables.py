@@ -1,7 +1,8 @@
 """The paper's comparison tables, rebuilt from ``results/`` alone.
 
     python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
-                                  [--columns fid_clf,kid_clf,...] [--compare A,B] [--results DIR]
+                                  [--columns fid_clf,kid_clf,...] [--variants V,...|defaults]
+                                  [--per-seed] [--compare A,B] [--results DIR]
 
 One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
 columns (:data:`COLUMNS`, chosen with ``--columns``; by default all, today's six first) are
@@ -156,6 +157,21 @@ def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS)
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
 
 
+def render_per_seed(df: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
+    """``--per-seed``: one row per variant, each cell the values after the last task at its seeds in
+    increasing order (``a / b / c``; ``–`` where a run lacks the column, once where all do), nothing
+    averaged."""
+    _check_format(fmt)
+    body = []
+    for variant in sorted(df["variant"].unique(), key=variant_key):
+        runs = df[df["variant"] == variant].sort_values("seed")
+        cells = [variant, ", ".join(str(int(s)) for s in runs["seed"])]
+        cells += ["–" if runs[c.key].isna().all() else " / ".join(_cell(float(v), math.nan, c.decimals)
+                                                                    for v in runs[c.key]) for c in columns]
+        body.append(cells)
+    return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
+
+
 def render_paired(diff: pd.DataFrame, a: str, b: str, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
     """The paired comparison: one row per column with the mean difference ± its SE and the seed count."""
     _check_format(fmt)
@@ -202,15 +218,20 @@ def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
 
 
 def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
-                columns: Sequence[Column] = COLUMNS, variants: str | None = None) -> str:
+                columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False) -> str:
     """The tables of all (benchmark, profile) groups of complete runs, each with its title;
-    ``variants`` selects rows (:func:`select_variants`)."""
+    ``variants`` selects rows (:func:`select_variants`); ``per_seed`` shows each seed's value
+    instead of the mean ± SE (:func:`render_per_seed`)."""
     _check_format(fmt)
     df = select_variants(_load(results, benchmark, profile, columns), variants)
     parts = []
     for (bench, prof), sub in _groups(df):
-        title = f"{bench}, profile {prof}: after the last task, mean ± SE over seeds"
-        table = render(summarize(sub, columns), fmt, columns)
+        if per_seed:
+            title = f"{bench}, profile {prof}: after the last task, each seed's value"
+            table = render_per_seed(sub, fmt, columns)
+        else:
+            title = f"{bench}, profile {prof}: after the last task, mean ± SE over seeds"
+            table = render(summarize(sub, columns), fmt, columns)
         parts.append(table if fmt == "csv" else f"{'%' if fmt == 'latex' else '###'} {title}\n\n{table}")
     return "\n".join(parts)
 
@@ -258,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default="markdown", help="markdown | latex | csv")
     p.add_argument("--columns", help=f"comma-separated, from: {', '.join(COLUMN_KEYS)} (default: all)")
     p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
+    p.add_argument("--per-seed", action="store_true", help="each seed's value instead of the mean ± SE")
     p.add_argument("--variants", help=f"comma-separated variants to show (default: all); '{DEFAULTS}' = every "
                                       "strategy at its default settings")
     p.add_argument("--results", default="results", help="results folder (default results/)")
@@ -266,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare is not None:
         out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
     else:
-        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants)
+        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants, args.per_seed)
     sys.stdout.write(out)
     return 0
 

@@ -162,3 +162,32 @@ def test_committed_tables_regenerate_from_results():
         short = build_table(repo / "results", bench, "quick", "markdown",
                             parse_columns("fid_clf,kld,acc,forgetting"), variants="defaults")
         assert short.split("\n", 2)[2].strip() in readme, f"README's {bench} table is stale"
+
+
+def test_tables_in_docs_regenerate(capsys):
+    """Every table in docs/ introduced by its `python -m cl_diffusion.tables ...` command line
+    (followed by ':' and the table) is what that command prints from results/ now."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    found = 0
+    for doc in sorted((repo / "docs").glob("*.md")):
+        for m in re.finditer(r"`python -m cl_diffusion\.tables ([^`]+)`:\n\n((?:\|.*\n)+)", doc.read_text()):
+            assert main([*shlex.split(m.group(1)), "--results", str(repo / "results")]) == 0
+            printed = capsys.readouterr().out.split("\n", 2)[2]
+            assert printed.strip() == m.group(2).strip(), f"{doc.name}: stale table after `{m.group(1)}`"
+            found += 1
+    assert found >= 1
+
+
+def test_per_seed_cells(tmp_path):
+    _fake_run(tmp_path, "gd", 1, 12.0, 0.60)
+    _fake_run(tmp_path, "gd", 0, 10.0, 0.70)
+    _fake_run(tmp_path, "gr", 2, 40.0, 0.50)
+    table = build_table(tmp_path, "fmnist-5", "quick", "markdown", per_seed=True)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| g")}
+    assert rows["gd"][:3] == ["0, 1", "–", "10.00 / 12.00"]  # seeds in order; FID blank in both runs
+    assert rows["gr"][:3] == ["2", "–", "40.00"] and rows["gd"][-2] == "0.700 / 0.600"
