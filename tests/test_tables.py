@@ -186,8 +186,10 @@ def test_per_seed_cells(tmp_path):
     _fake_run(tmp_path, "gd", 1, 12.0, 0.60)
     _fake_run(tmp_path, "gd", 0, 10.0, 0.70)
     _fake_run(tmp_path, "gr", 2, 40.0, 0.50)
-    table = build_table(tmp_path, "fmnist-5", "quick", "markdown", per_seed=True)
+    from cl_diffusion.tables import parse_columns
+
+    table = build_table(tmp_path, "fmnist-5", "quick", "markdown", parse_columns("fid,fid_clf,acc"), per_seed=True)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| g")}
     assert rows["gd"][:3] == ["0, 1", "–", "10.00 / 12.00"]  # seeds in order; FID blank in both runs
-    assert rows["gr"][:3] == ["2", "–", "40.00"] and rows["gd"][-2] == "0.700 / 0.600"
+    assert rows["gr"] == ["2", "–", "40.00", "0.500"] and rows["gd"][3] == "0.700 / 0.600"
