@@ -2,7 +2,7 @@
 
     python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
                                   [--columns fid_clf,kid_clf,...] [--variants V,...|defaults]
-                                  [--per-seed] [--compare A,B] [--results DIR]
+                                  [--seeds 0,1,...] [--per-seed] [--compare A,B] [--results DIR]
 
 One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
 columns (:data:`COLUMNS`, chosen with ``--columns``; by default all, today's six first) are
@@ -20,6 +20,7 @@ Output is deterministic: the same results give byte-identical tables.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 from dataclasses import dataclass
@@ -200,30 +201,43 @@ def _load(results: Path, benchmark: str | None, profile: str | None, columns: Se
 DEFAULTS = "defaults"  # --variants: every strategy at its default settings (no --grid values)
 
 
+def select_seeds(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
+    """The rows of the seeds in ``spec`` (comma-separated integers); all rows for None."""
+    if spec is None:
+        return df
+    try:
+        seeds = {int(s) for s in spec.split(",")}
+    except ValueError:
+        raise UserError(f"bad value {spec!r} for --seeds: expected comma-separated integers, e.g. 0,1,2") from None
+    return df[df["seed"].isin(seeds)]
+
+
 def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
-    """The rows of the variants named in ``spec`` (comma-separated; ``defaults`` = those without
-    grid values); all rows for None. UserError naming the valid variants for an unknown one."""
+    """The rows of the variants named in ``spec`` (comma-separated names or shell patterns such as
+    ``gd__lambda=*``; ``defaults`` = those without grid values); all rows for None. UserError naming the valid variants for an unknown one."""
     if spec is None:
         return df
     variants = sorted(df["variant"].unique(), key=variant_key)
     keep: list[str] = []
     for name in (s.strip() for s in spec.split(",")):
+        matched = fnmatch.filter(variants, name)
         if name == DEFAULTS:
             keep += [v for v in variants if "__" not in v]
-        elif name in variants:
-            keep.append(name)
+        elif matched:
+            keep += matched
         else:
             raise choice_error("variant in --variants", name, [DEFAULTS, *variants])
     return df[df["variant"].isin(keep)]
 
 
 def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
-                columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False) -> str:
+                columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False,
+                seeds: str | None = None) -> str:
     """The tables of all (benchmark, profile) groups of complete runs, each with its title;
-    ``variants`` selects rows (:func:`select_variants`); ``per_seed`` shows each seed's value
-    instead of the mean ± SE (:func:`render_per_seed`)."""
+    ``variants`` and ``seeds`` select rows (:func:`select_variants`, :func:`select_seeds`);
+    ``per_seed`` shows each seed's value instead of the mean ± SE (:func:`render_per_seed`)."""
     _check_format(fmt)
-    df = select_variants(_load(results, benchmark, profile, columns), variants)
+    df = select_variants(select_seeds(_load(results, benchmark, profile, columns), seeds), variants)
     parts = []
     for (bench, prof), sub in _groups(df):
         if per_seed:
@@ -279,16 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default="markdown", help="markdown | latex | csv")
     p.add_argument("--columns", help=f"comma-separated, from: {', '.join(COLUMN_KEYS)} (default: all)")
     p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
+    p.add_argument("--seeds", help="comma-separated seeds to use (default: all)")
     p.add_argument("--per-seed", action="store_true", help="each seed's value instead of the mean ± SE")
-    p.add_argument("--variants", help=f"comma-separated variants to show (default: all); '{DEFAULTS}' = every "
-                                      "strategy at its default settings")
+    p.add_argument("--variants", help=f"comma-separated variants or patterns to show (default: all), e.g. "
+                                      f"'gd,gd__lambda=*'; '{DEFAULTS}' = every strategy at its default settings")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     args = p.parse_args(argv)
     columns = parse_columns(args.columns)
     if args.compare is not None:
         out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
     else:
-        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants, args.per_seed)
+        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants,
+                          args.per_seed, args.seeds)
     sys.stdout.write(out)
     return 0
 

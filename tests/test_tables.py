@@ -140,6 +140,7 @@ def test_variants_option(tmp_path, capsys):
     assert rows(None) == ["gr", "gd", "gd__lambda=2"]
     assert rows("defaults") == ["gr", "gd"]
     assert rows("gd__lambda=2,gr") == ["gr", "gd__lambda=2"]
+    assert rows("g?,gd__*") == ["gr", "gd", "gd__lambda=2"]
     assert "**10.00**" in build_table(tmp_path, "fmnist-5", "quick", "markdown", variants="defaults")  # best among shown
     assert main(["--results", str(tmp_path), "--variants", "gd,lwf"]) == 2
     assert "unknown variant in --variants 'lwf'; valid choices: defaults, gr, gd, gd__lambda=2" in capsys.readouterr().err
