@@ -259,6 +259,8 @@ def print_list(out: Callable[[str], None] = print) -> None:
     out("benchmarks:")
     for name, spec in BENCHMARKS.items():
         out(f"  {name:<12} {spec.description}")
+        if spec.paper:
+            out(f"               paper protocol: {', '.join(f'{k}={v}' for k, v in spec.paper.items())}")
     out("models:")
     for name, n_params, desc in describe_models():
         out(f"  {name:<14} {n_params:>12,d} params  {desc}")

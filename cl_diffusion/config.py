@@ -56,9 +56,9 @@ class RunConfig:
     clip_x0: bool = options.opt(True, "clip x0_pred to [-1, 1] in DDIM steps")
     eta: float = options.opt(0.0, "DDIM eta (0 = deterministic)", min=0.0, max=1.0)
     # --- training ------------------------------------------------------------------------------
-    epochs: int = options.opt(100, "epochs per task (paper: 100 FMNIST, 200 CIFAR-10)", min=1)
+    epochs: int = options.opt(100, "epochs per task (each benchmark's paper value: --list)", min=1)
     iters_per_task: int = options.opt(0, "cap on iterations per task; 0 = run all epochs", min=0)
-    batch_size: int = options.opt(128, "images per training batch B (paper: 128 FMNIST, 64 CIFAR-10)", min=1)
+    batch_size: int = options.opt(128, "images per training batch B (each benchmark's paper value: --list)", min=1)
     lr: float = options.opt(2e-4, "Adam learning rate", min=0.0, min_exclusive=True)
     grad_clip: float = options.opt(1.0, "gradient-norm clip; 0 = off", min=0.0)
     reset_optimizer: bool = options.opt(True, "reset Adam state at each task boundary (as the paper's code)")

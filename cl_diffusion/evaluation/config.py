@@ -11,9 +11,9 @@ class EvalConfig:
     """Evaluation after every task: FID, FID_clf, KLD/ARD, solver ACC, per-task matrix."""
 
     # --- generated samples ----------------------------------------------------------------------
-    eval_samples: int = opt(10000, "generated samples per evaluation (paper: 10,000); 0 = no sample metrics", min=0)
+    eval_samples: int = opt(10000, "generated samples per evaluation; 0 = no sample metrics", min=0)
     eval_batch_size: int = opt(500, "batch size for evaluation sampling and feature extraction", min=1)
-    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (paper: 10 FMNIST, 20 CIFAR)", min=1,
+    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (each benchmark's paper value: --list)", min=1,
                           max="num_timesteps")
     # --- Inception FID ----------------------------------------------------------------------------
     fid_inception: bool = opt(True, "compute the Inception FID ('fid') when InceptionV3 weights are available")
@@ -25,7 +25,7 @@ class EvalConfig:
                                 "(torch-fidelity's default)", min=1)
     kid_subset_size: int = opt(1000, "KID: features per subset, capped at the smaller of the two sets "
                                      "(torch-fidelity's default)", min=2)
-    pr_k: int = opt(3, "precision/recall (Kynkaanniemi et al. 2019): k of the k-NN manifold radii (paper: 3)",
+    pr_k: int = opt(3, "precision/recall (Kynkaanniemi et al. 2019): k of the k-NN manifold radii",
                     min=1)
     # --- evaluation classifier (KLD/ARD, FID_clf, routing of the per-task matrix) -----------------
     classifier: str = opt("resnet18", "evaluation classifier for KLD/ARD/FID_clf",
@@ -40,7 +40,7 @@ class EvalConfig:
     clf_pretrained: bool = opt(True, "start resnet18 from torchvision's ImageNet weights when they are cached "
                                      "locally (torch hub cache); otherwise from scratch")
     # --- generative-replay solver (ACC / forgetting) ----------------------------------------------
-    solver_epochs: int = opt(20, "epochs per task of the generative-replay solver (paper: 20); 0 = no solver", min=0)
+    solver_epochs: int = opt(20, "epochs per task of the generative-replay solver; 0 = no solver", min=0)
     solver_iters_per_task: int = opt(0, "cap on solver iterations per task; 0 = whole epochs", min=0)
     solver_lr: float = opt(1e-3, "solver Adam learning rate", min=0.0, min_exclusive=True)
     solver_batch_size: int = opt(128, "solver batch: this many real images plus this many replayed samples", min=1)
