@@ -9,9 +9,9 @@ import argparse
 import fcntl
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -256,24 +256,22 @@ def print_list(out: Callable[[str], None] = print) -> None:
         params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.Params()))
         out(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
             + (f"  [{params}]" if params else ""))
+    def settings(values: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in values.items())
+
     out("benchmarks:")
     for name, spec in BENCHMARKS.items():
-        out(f"  {name:<12} {spec.description}")
-        if spec.paper:
-            out(f"               paper protocol: {', '.join(f'{k}={v}' for k, v in spec.paper.items())}")
+        out(f"  {name:<12} {spec.description}" + (f"\n{'':15}paper protocol: {settings(spec.paper)}" if spec.paper else ""))
     out("models:")
     for name, n_params, desc in describe_models():
         out(f"  {name:<14} {n_params:>12,d} params  {desc}")
     out("profiles:")
     for name, prof in PROFILES.items():
-        out(f"  {name:<6} {prof.description}")
-        if prof.overrides:
-            out(f"         {', '.join(f'{k}={v}' for k, v in prof.overrides.items())}")
+        out(f"  {name:<6} {prof.description}" + (f"\n{'':9}{settings(prof.overrides)}" if prof.overrides else ""))
     out("evaluation classifiers (clf_* options of 0 take the preset's recipe):")
     for name, preset in CLASSIFIERS.items():
-        r = preset.recipe
-        out(f"  {name:<9} epochs={r.epochs}, iters={r.iters or 'all'}, batch_size={r.batch_size}, lr={r.lr:g}, "
-            f"augment={r.augment}" + (", ImageNet init when cached" if preset.imagenet else ""))
+        recipe = {**asdict(preset.recipe), "iters": preset.recipe.iters or "all"}
+        out(f"  {name:<9} {settings(recipe)}" + (", ImageNet init when cached" if preset.imagenet else ""))
     out("options (--set KEY=VALUE):")
     for section in (RunConfig(), EvalConfig()):
         for key, value, help_ in describe(section):

@@ -13,6 +13,9 @@ from torch import Tensor
 
 from .schedule import NoiseSchedule, extract
 
+#: An eps-network: ``model(x_t, t) -> eps``. ``x_t``: float ``[B, C, H, W]`` noisy images in the model
+#: range, any memory format; ``t``: int64 ``[B]`` timesteps (a 0-d tensor is broadcast to the batch);
+#: returns the predicted noise ``[B, C, H, W]``, same dtype and device as ``x_t``.
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 
 # Added to alpha_bar_t under the square root when dividing by it in predict_x0. With zero

@@ -146,14 +146,8 @@ class DiT(nn.Module):
         return torch.einsum("bhwpqc->bchpwq", x).reshape(B, self.in_channels, g * p, g * p)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict the noise ``eps`` in ``x_t``.
-
-        Args:
-            x_t: ``[B, C, H, W]`` float noisy images (model range, any memory format).
-            t: ``int64 [B]`` timesteps (a 0-d tensor is broadcast to the batch).
-        Returns:
-            ``eps`` prediction ``[B, C, H, W]``, same dtype and device as ``x_t``.
-        """
+        """The :data:`~cl_diffusion.diffusion.forward.EpsModel` contract: ``eps`` ``[B, C, H, W]`` from
+        ``x_t`` ``[B, C, H, W]`` and ``t`` int64 ``[B]`` (or 0-d)."""
         t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
         c = self.time_embedding(timestep_embedding(t, self.freq_dim).to(x_t.dtype))  # [B, D]
         x = self.patch_embed(x_t).flatten(2).transpose(1, 2) + self.pos_embed.to(x_t.dtype)  # [B, N, D]

@@ -17,6 +17,16 @@ from .layers import (Downsample, ResnetBlock, SelfAttention, TimestepMLP, Upsamp
                      timestep_embedding)
 
 
+def _layers(in_chs: Sequence[int], out_ch: int, emb_dim: int, attention: bool, groups: int,
+            head_dim: int | None, dropout: float) -> tuple[nn.ModuleList, nn.ModuleList | None]:
+    """One resnet per input width in ``in_chs`` (all to ``out_ch``), and as many attentions if
+    ``attention``; built in that order (the order of the initial weights' random draws)."""
+    resnets = nn.ModuleList(ResnetBlock(c, out_ch, emb_dim, groups=groups, dropout=dropout) for c in in_chs)
+    attentions = nn.ModuleList(SelfAttention(out_ch, groups=groups, head_dim=head_dim)
+                               for _ in in_chs) if attention else None
+    return resnets, attentions
+
+
 class DownBlock(nn.Module):
     """``n_layers`` resnets (each optionally followed by attention), then an optional downsample.
 
@@ -26,13 +36,8 @@ class DownBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, n_layers: int, attention: bool,
                  downsample: bool, groups: int, head_dim: int | None, dropout: float) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, groups=groups,
-                        dropout=dropout)
-            for i in range(n_layers))
-        self.attentions = nn.ModuleList(
-            SelfAttention(out_ch, groups=groups, head_dim=head_dim) for _ in range(n_layers)
-        ) if attention else None
+        self.resnets, self.attentions = _layers([in_ch] + [out_ch] * (n_layers - 1), out_ch, emb_dim, attention,
+                                                groups, head_dim, dropout)
         self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
 
     def forward(self, x: torch.Tensor,
@@ -57,14 +62,8 @@ class UpBlock(nn.Module):
                  attention: bool, upsample: bool, groups: int, head_dim: int | None,
                  dropout: float) -> None:
         super().__init__()
-        n_layers = len(skip_chs)
-        self.resnets = nn.ModuleList(
-            ResnetBlock((in_ch if i == 0 else out_ch) + skip_chs[i], out_ch, emb_dim, groups=groups,
-                        dropout=dropout)
-            for i in range(n_layers))
-        self.attentions = nn.ModuleList(
-            SelfAttention(out_ch, groups=groups, head_dim=head_dim) for _ in range(n_layers)
-        ) if attention else None
+        widths = [(in_ch if i == 0 else out_ch) + c for i, c in enumerate(skip_chs)]
+        self.resnets, self.attentions = _layers(widths, out_ch, emb_dim, attention, groups, head_dim, dropout)
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor],
@@ -155,14 +154,8 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], in_channels, 3, padding=1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict the noise ``eps`` in ``x_t``.
-
-        Args:
-            x_t: ``[B, C, H, W]`` float noisy images (model range, any memory format).
-            t: ``int64 [B]`` timesteps (a 0-d tensor is broadcast to the batch).
-        Returns:
-            ``eps`` prediction ``[B, C, H, W]``, same dtype and device as ``x_t``.
-        """
+        """The :data:`~cl_diffusion.diffusion.forward.EpsModel` contract: ``eps`` ``[B, C, H, W]`` from
+        ``x_t`` ``[B, C, H, W]`` and ``t`` int64 ``[B]`` (or 0-d)."""
         t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
         emb = self.time_embedding(timestep_embedding(t, self.conv_in.out_channels).to(x_t.dtype))
         h = self.conv_in(x_t)
