@@ -15,7 +15,11 @@ from cl_diffusion.results import complete_runs, read_metrics, variant_key  # noq
 
 REPO = Path(__file__).resolve().parent.parent
 COLORS = {"finetune": "#7f7f7f", "joint": "#000000", "gr": "#d62728", "gd": "#1f77b4", "lwf": "#2ca02c",
-          "gaussian": "#9467bd", "pgd": "#ff7f0e"}
+          "gaussian": "#9467bd", "pgd": "#ff7f0e",
+          # the other suites' baselines: drawn dashed (line_style)
+          "er": "#8c564b", "agem": "#e377c2", "ewc": "#bcbd22", "si": "#17becf", "mas": "#ff9896",
+          "l2": "#aec7e8", "ensemble": "#98df8a", "lora": "#c5b0d5"}
+PAPER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")  # Masip et al.'s strategies: solid lines
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -97,7 +101,12 @@ def knob_figure(args: argparse.Namespace, strategies: tuple[str, ...], key: str,
 
 
 def color(variant: str) -> str:
-    return COLORS.get(variant.split("__")[0], "#8c564b")
+    return COLORS.get(variant.split("__")[0], "#7f7f7f")
+
+
+def line_style(variant: str) -> str:
+    """Solid for the paper's strategies, dashed for the other baselines."""
+    return "-" if variant.split("__")[0] in PAPER else "--"
 
 
 def save(fig, out: str, name: str) -> Path:

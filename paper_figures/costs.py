@@ -1,6 +1,7 @@
 """Cost chart: training seconds per task and teacher network evaluations (per image) per task,
-per strategy (median over seeds and tasks after the first: wall-clock seconds on a shared machine
-have outliers). Reads results/, never trains.
+per strategy (median over seeds and tasks after the first). Seconds are the process's CPU time
+(``train_cpu_seconds``), which a paused or shared machine does not inflate; runs that predate that
+column show wall-clock ``train_seconds``, hatched. Reads results/, never trains.
 
     python paper_figures/costs.py --benchmark fmnist-5 --profile quick
 """
@@ -14,10 +15,16 @@ def main() -> "plt.Figure":
     df = df[(~df["variant"].str.contains("__")) & (df["task"] > 1)]
     variants = sort_variants(df["variant"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, col, title in ((axes[0], "train_seconds", "training seconds per task (tasks 2.., median)"),
+    cpu = df["train_cpu_seconds"] if "train_cpu_seconds" in df else df["train_seconds"] * float("nan")
+    df = df.assign(seconds=cpu.fillna(df["train_seconds"]), wall=cpu.isna())
+    for ax, col, title in ((axes[0], "seconds", "training CPU seconds per task (tasks 2.., median)\n"
+                                                "hatched: wall clock, no CPU time recorded"),
                            (axes[1], "teacher_image_evals", "teacher network evaluations per task")):
         vals = [df[df["variant"] == v][col].median() for v in variants]
-        ax.bar(variants, vals, color=[color(v) for v in variants])
+        bars = ax.bar(variants, vals, color=[color(v) for v in variants])
+        if col == "seconds":
+            for bar, v in zip(bars, variants):
+                bar.set_hatch("//" if df[df["variant"] == v]["wall"].any() else "")
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=30)
     save(fig, args.out, f"{args.benchmark}_{args.profile}_costs.png")

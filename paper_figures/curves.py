@@ -3,7 +3,7 @@ bands over seeds, one line per strategy. Reads results/, never trains.
 
     python paper_figures/curves.py --benchmark fmnist-5 --profile quick
 """
-from _common import color, load_runs, mean_se, parser, plt, save, sort_variants
+from _common import color, line_style, load_runs, mean_se, parser, plt, save, sort_variants
 
 PANELS = [("fid_clf", "FID_clf (own classifier features)"), ("fid", "FID (Inception)"), ("kld", "KLD"),
           ("acc", "solver ACC (seen tasks)")]
@@ -23,7 +23,7 @@ def main() -> "plt.Figure":
             stats = [mean_se(sub[sub["task"] == t][col]) for t in tasks]
             m = [s[0] for s in stats]
             se = [s[1] for s in stats]
-            ax.plot(tasks, m, marker="o", ms=3, label=variant, color=color(variant))
+            ax.plot(tasks, m, marker="o", ms=3, label=variant, color=color(variant), linestyle=line_style(variant))
             ax.fill_between(tasks, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)],
                             color=color(variant), alpha=0.15)
         ax.set_title(title, fontsize=10)

@@ -209,15 +209,31 @@ def test_samples_shows_each_base_variants_last_grid(results, tmp_path, monkeypat
 
 
 def test_costs_bars_are_medians_over_tasks_after_the_first(results, tmp_path, monkeypatch):
+    """CPU seconds where a run recorded them, else wall-clock seconds, hatched."""
+    import shutil
+
+    results = Path(shutil.copytree(results, tmp_path / "own_results"))  # the fixture is shared: edit a copy
+    gd = _run_dir(results, "gd") / "metrics.csv"  # give gd a CPU-time column: the others have none
+    with open(gd, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cpu = [float(r["train_seconds"]) / 3 for r in rows]
+    with open(gd, "w", newline="") as fh:
+        w = csv.DictWriter(fh, [*rows[0], "train_cpu_seconds"])
+        w.writeheader()
+        w.writerows({**r, "train_cpu_seconds": c} for r, c in zip(rows, cpu))
     fig = _figure("costs", results, tmp_path, monkeypatch)
-    panels = (("train_seconds", "training seconds"), ("teacher_image_evals", "teacher network evaluations"))
+    panels = (("seconds", "training CPU seconds"), ("teacher_image_evals", "teacher network evaluations"))
     assert len(fig.axes) == len(panels)
     for ax, (col, name) in zip(fig.axes, panels):
         assert name in ax.get_title()
         (bars,) = ax.containers
         assert [t.get_text() for t in ax.get_xticklabels()] == list(BASE)
-        expected = [statistics.median(_column(results, v, col)[1:]) for v in BASE]
+        column = {v: (cpu if v == "gd" and col == "seconds" else _column(results, v, "train_seconds" if col == "seconds"
+                                                                          else col)) for v in BASE}
+        expected = [statistics.median(column[v][1:]) for v in BASE]
         assert [b.get_height() for b in bars] == pytest.approx(expected), col
+        if col == "seconds":
+            assert [b.get_hatch() or "" for b in bars] == ["" if v == "gd" else "//" for v in BASE]
     assert [b.get_height() for b in fig.axes[1].containers[0]][0] == 0  # finetune has no teacher
     _assert_drawn(tmp_path / "fmnist-5_quick_costs.png", drawn=("gr", "gd"))
 
