@@ -67,6 +67,8 @@ def plot_against_param(ax, last: pd.DataFrame, strategies: tuple[str, ...], key:
     values = sorted({float(v) for v in last[f"param_{key}"]})
     for strategy in strategies:
         sub = last[last["strategy"] == strategy]
+        if sub.empty:
+            continue  # no runs: no legend entry either
         xs = sorted({float(v) for v in sub[f"param_{key}"]})
         groups = [sub[sub[f"param_{key}"].astype(float) == x][col].dropna() for x in xs]
         stats = [mean_se(g) for g in groups]

@@ -278,6 +278,7 @@ def test_lambda_sweep_one_point_per_value_run(results, tmp_path, monkeypatch):
         # teacher_steps=10 variant stays out
         assert _errorbar_points(ax) == {"gd": (sorted([default, 2.0]), [gd, gd])}
         assert list(ax.get_xticks()) == sorted([default, 2.0])
+    assert _legend(fig.axes[0]) == ["gd"]  # lwf and gaussian have no runs: no legend entry
     _assert_drawn(tmp_path / "fmnist-5_quick_lambda_sweep.png", drawn=("gd",), absent=("gr",))  # gr has no lambda
 
 
