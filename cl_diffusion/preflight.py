@@ -524,15 +524,22 @@ def calibrate(plan: Plan, budget: float = CALIBRATION_SECONDS) -> Rates | None:
 def _rate(step: Callable[[int], None], batch: int, flops_per_image: int, device: "torch.device",
           budget: float) -> float:
     """FLOP/s of ``step(b)``: a warm-up and a timed step at one image, then the best of a few steps
-    at ``batch`` images, or at as many as take a third of ``budget`` when that is fewer."""
+    at ``batch`` images, or at as many as take a third of ``budget`` when that is fewer.
+
+    On a CPU with one torch thread every operation runs in the calling thread, so a step is timed
+    by that thread's CPU time: other processes sharing the cores (a ``--jobs 2`` sweep's other run)
+    do not inflate it, and the estimate is the run's time with a core of its own. Otherwise (threads,
+    CUDA) it is wall time."""
+    import torch
+
+    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
     def timed(b: int) -> float:
-        t0 = time.perf_counter()
+        t0 = clock()
         step(b)
         if device.type == "cuda":
-            import torch
-
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        return max(clock() - t0, 1e-9)
 
     timed(1)  # warm-up: lazy initialisation
     per_image = timed(1)
