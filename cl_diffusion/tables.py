@@ -2,7 +2,8 @@
 
     python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
                                   [--columns fid_clf,kid_clf,...] [--variants V,...|defaults]
-                                  [--seeds 0,1,...] [--per-seed] [--compare A,B] [--results DIR]
+                                  [--seeds 0,1,...] [--per-seed | --per-task] [--compare A,B]
+                                  [--results DIR]
 
 One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
 columns (:data:`COLUMNS`, chosen with ``--columns``; by default all, today's six first) are
@@ -31,7 +32,7 @@ import pandas as pd
 
 from .errors import UserError, choice_error, cli_main
 from .evaluation.aggregates import KINDS
-from .results import complete_runs, last_task, variant_key
+from .results import complete_runs, last_task, read_metrics, variant_key
 from .run import _Parser
 
 
@@ -173,6 +174,22 @@ def render_per_seed(df: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLU
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
 
 
+def render_per_task(metrics: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
+    """``--per-task``: one row per variant, each cell the column's value after task 1, 2, ...
+    (``a / b / ...``), the mean over the variant's seeds at each task; ``metrics`` holds every
+    ``metrics.csv`` row of the runs (:func:`cl_diffusion.results.read_metrics`)."""
+    _check_format(fmt)
+    body = []
+    for variant in sorted(metrics["variant"].unique(), key=variant_key):
+        runs = metrics[metrics["variant"] == variant]
+        means = runs.groupby("task")[[c.key for c in columns if c.key in runs]].mean()
+        cells = [variant, ", ".join(str(int(s)) for s in sorted(runs["seed"].unique()))]
+        cells += ["–" if c.key not in means or means[c.key].isna().all()
+                  else " / ".join(_cell(float(v), math.nan, c.decimals) for v in means[c.key]) for c in columns]
+        body.append(cells)
+    return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
+
+
 def render_paired(diff: pd.DataFrame, a: str, b: str, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
     """The paired comparison: one row per column with the mean difference ± its SE and the seed count."""
     _check_format(fmt)
@@ -232,15 +249,25 @@ def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
 
 def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
                 columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False,
-                seeds: str | None = None) -> str:
+                seeds: str | None = None, per_task: bool = False) -> str:
     """The tables of all (benchmark, profile) groups of complete runs, each with its title;
     ``variants`` and ``seeds`` select rows (:func:`select_variants`, :func:`select_seeds`);
-    ``per_seed`` shows each seed's value instead of the mean ± SE (:func:`render_per_seed`)."""
+    ``per_seed`` shows each seed's value instead of the mean ± SE (:func:`render_per_seed`),
+    ``per_task`` the mean after every task (:func:`render_per_task`)."""
     _check_format(fmt)
+    if per_task and (per_seed or any(c.aggregate for c in columns)):
+        raise UserError("--per-task shows metrics after each task: it takes no --per-seed and no aggregate "
+                        f"columns; valid columns: {', '.join(c.key for c in COLUMNS if c.aggregate is None)}")
     df = select_variants(select_seeds(_load(results, benchmark, profile, columns), seeds), variants)
+    metrics = read_metrics(complete_runs(results, benchmark, profile)) if per_task else None
     parts = []
     for (bench, prof), sub in _groups(df):
-        if per_seed:
+        if per_task:
+            rows = metrics[(metrics["benchmark"] == bench) & (metrics["profile"] == prof)]
+            rows = rows[rows[["variant", "seed"]].apply(tuple, axis=1).isin(set(zip(sub["variant"], sub["seed"])))]
+            title = f"{bench}, profile {prof}: after each task, mean over seeds"
+            table = render_per_task(rows, fmt, columns)
+        elif per_seed:
             title = f"{bench}, profile {prof}: after the last task, each seed's value"
             table = render_per_seed(sub, fmt, columns)
         else:
@@ -295,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
     p.add_argument("--seeds", help="comma-separated seeds to use (default: all)")
     p.add_argument("--per-seed", action="store_true", help="each seed's value instead of the mean ± SE")
+    p.add_argument("--per-task", action="store_true", help="the mean over seeds after every task, not only the last")
     p.add_argument("--variants", help=f"comma-separated variants or patterns to show (default: all), e.g. "
                                       f"'gd,gd__lambda=*'; '{DEFAULTS}' = every strategy at its default settings")
     p.add_argument("--results", default="results", help="results folder (default results/)")
@@ -304,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
     else:
         out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants,
-                          args.per_seed, args.seeds)
+                          args.per_seed, args.seeds, args.per_task)
     sys.stdout.write(out)
     return 0
 

@@ -194,3 +194,15 @@ def test_per_seed_cells(tmp_path):
             for line in table.splitlines() if line.startswith("| g")}
     assert rows["gd"][:3] == ["0, 1", "–", "10.00 / 12.00"]  # seeds in order; FID blank in both runs
     assert rows["gr"] == ["2", "–", "40.00", "0.500"] and rows["gd"][3] == "0.700 / 0.600"
+
+
+def test_per_task_means_over_seeds(tmp_path, capsys):
+    _fake_run(tmp_path, "gd", 0, 10.0, 0.70)  # task 1: fid_clf 99, acc 0.99 in every fake run
+    _fake_run(tmp_path, "gd", 1, 12.0, 0.60)
+    from cl_diffusion.tables import parse_columns
+
+    table = build_table(tmp_path, "fmnist-5", "quick", "markdown", parse_columns("fid_clf,acc"), per_task=True)
+    (row,) = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| gd")]
+    assert row == ["gd", "0, 1", "99.00 / 11.00", "0.990 / 0.650"]
+    assert main(["--results", str(tmp_path), "--per-task", "--columns", "acc_fr"]) == 2
+    assert "--per-task shows metrics after each task" in capsys.readouterr().err
