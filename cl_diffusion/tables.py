@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = _Parser(prog="python -m cl_diffusion.tables", description=__doc__.split("\n")[0])
     p.add_argument("--benchmark")
     p.add_argument("--profile")
-    p.add_argument("--format", default="markdown", help="markdown | latex | csv")
+    p.add_argument("--format", default=FORMATS[0], help=f"{' | '.join(FORMATS)} (default {FORMATS[0]})")
     p.add_argument("--columns", help=f"comma-separated, from: {', '.join(COLUMN_KEYS)} (default: all)")
     p.add_argument("--compare", metavar="A,B", help="paired comparison of two variants over their shared seeds")
     p.add_argument("--seeds", help="comma-separated seeds to use (default: all)")
