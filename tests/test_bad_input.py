@@ -217,9 +217,9 @@ def test_there_are_enough_cases():
 
 def test_memory_refusal_can_be_forced(tmp_path, capsys, monkeypatch):
     """--force lets a run past the memory check (here it then stops at --dry-run, printing its cost)."""
-    from cl_diffusion import preflight
+    from cl_diffusion.preflight import memory
 
-    monkeypatch.setattr(preflight, "available_memory", lambda device: 2.0 ** 20)  # 1 MiB free
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2.0 ** 20)  # 1 MiB free
     argv = ["--strategy", "finetune", "--benchmark", "fmnist-5", "--profile", "smoke", "--out", str(tmp_path),
             "--dry-run"]
     assert run.main(argv) == 2

@@ -149,7 +149,7 @@ def test_memory_parts_by_hand():
 def test_cost_lines_and_the_profile_that_fits(monkeypatch):
     """A paper run on a (pretended) slow CPU names a smaller profile that fits in a few hours."""
     load_plugins()
-    monkeypatch.setattr(preflight, "calibrate", lambda plan, budget=0: preflight.Rates(2e10, 4e10, 0.1))
+    monkeypatch.setattr(preflight.cost, "calibrate", lambda plan, budget=0: preflight.Rates(2e10, 4e10, 0.1))
     cfg = resolve_config("finetune", "fmnist-5", "paper")
     plan = preflight.check_run(cfg, torch.device("cpu"))
     lines = preflight.cost_lines(plan)
