@@ -1,4 +1,5 @@
-"""Sample grids after the last task, one per strategy, side by side (seed 0 of each strategy).
+"""Sample grids after the last task, one per strategy, side by side in rows of at most
+:data:`PER_ROW` (seed 0 of each strategy).
 Reads the PNG grids that runs wrote into results/, never trains.
 
     python paper_figures/samples.py --benchmark fmnist-5 --profile quick
@@ -8,6 +9,8 @@ from pathlib import Path
 import matplotlib.image as mpimg
 from _common import load_runs, parser, plt, save, sort_variants
 
+PER_ROW = 8
+
 
 def main() -> "plt.Figure":
     """Write the PNG; returns the figure (closed) for tests to inspect."""
@@ -15,8 +18,12 @@ def main() -> "plt.Figure":
     df = load_runs(args.results, args.benchmark, args.profile)
     df = df[~df["variant"].str.contains("__")]
     variants = sort_variants(df["variant"])
-    fig, axes = plt.subplots(1, len(variants), figsize=(2.6 * len(variants), 2.9))
-    for ax, variant in zip(axes if len(variants) > 1 else [axes], variants):
+    cols = min(len(variants), PER_ROW)
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(variants):]:
+        fig.delaxes(ax)  # the last row's empty places
+    for ax, variant in zip(axes.flat, variants):
         sub = df[(df["variant"] == variant)]
         run_dir = Path(sub.sort_values("seed")["run_dir"].iloc[0])
         last = int(sub["task"].max())
