@@ -17,12 +17,16 @@ existed leave it blank (``–``).
 ``--compare A,B`` prints instead a paired comparison of two variants: per column, the mean over
 the seeds both ran of (A's value - B's value), its SE over those seeds and their number (a seed
 where either value is blank is dropped for that column). It needs at least 2 shared seeds.
-Output is deterministic: the same results give byte-identical tables.
+Output is deterministic: the same results give byte-identical tables. ``--refresh FILE ...``
+rewrites the tables that markdown files print below their command line (:data:`DOC_TABLE`).
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import math
+import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,8 +316,7 @@ def build_comparison(results: Path, benchmark: str | None, profile: str | None, 
     return "\n".join(parts)
 
 
-@cli_main
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> _Parser:
     p = _Parser(prog="python -m cl_diffusion.tables", description=__doc__.split("\n")[0])
     p.add_argument("--benchmark")
     p.add_argument("--profile")
@@ -326,14 +329,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variants", help=f"comma-separated variants or patterns to show (default: all), e.g. "
                                       f"'gd,gd__lambda=*'; '{DEFAULTS}' = every strategy at its default settings")
     p.add_argument("--results", default="results", help="results folder (default results/)")
-    args = p.parse_args(argv)
+    p.add_argument("--refresh", nargs="+", metavar="FILE", help="rewrite, in these markdown files, every table "
+                   "printed right below its `python -m cl_diffusion.tables ...`: line, from --results")
+    return p
+
+
+def output(args: argparse.Namespace) -> str:
+    """What the command prints for the parsed ``args`` (not ``--refresh``)."""
     columns = parse_columns(args.columns)
     if args.compare is not None:
-        out = build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
-    else:
-        out = build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants,
-                          args.per_seed, args.seeds, args.per_task)
-    sys.stdout.write(out)
+        return build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
+    return build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants,
+                       args.per_seed, args.seeds, args.per_task)
+
+
+#: a generated table in a markdown file: its command line in backticks, a colon, a blank line, the table
+DOC_TABLE = re.compile(r"`python -m cl_diffusion\.tables ([^`]+)`:\n\n((?:\|.*\n)+)")
+
+
+def refresh_text(text: str, results: Path) -> str:
+    """``text`` with every :data:`DOC_TABLE` replaced by what its command prints now from ``results``
+    (the table without its title line)."""
+    def regenerate(m: re.Match) -> str:
+        args = build_parser().parse_args([*shlex.split(m.group(1)), "--results", str(results)])
+        table = output(args).split("\n", 2)[2]
+        return m.group(0)[:m.start(2) - m.start(0)] + table
+    return DOC_TABLE.sub(regenerate, text)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.refresh:
+        for name in args.refresh:
+            path = Path(name)
+            if not path.is_file():
+                raise UserError(f"bad value {name!r} for --refresh: no such file")
+            text = path.read_text()
+            new = refresh_text(text, Path(args.results))
+            if new != text:
+                path.write_text(new)
+            print(f"{name}: {'updated' if new != text else 'up to date'} ({len(DOC_TABLE.findall(text))} tables)")
+        return 0
+    sys.stdout.write(output(args))
     return 0
 
 

@@ -147,40 +147,40 @@ def test_variants_option(tmp_path, capsys):
 
 
 def test_committed_tables_regenerate_from_results():
-    """README's tables and results/tables/ are what the tables command prints from results/ now,
-    with the columns their text names (docs/results.md, README 'Results')."""
+    """results/tables/ holds what the tables command prints with the columns docs/results.md names,
+    and every generated table in README and docs/ is what its command line prints now."""
     from pathlib import Path
 
-    from cl_diffusion.tables import parse_columns
+    from cl_diffusion.tables import DOC_TABLE, parse_columns, refresh_text
 
     repo = Path(__file__).resolve().parent.parent
-    readme = (repo / "README.md").read_text()
     for path in sorted((repo / "results" / "tables").glob("*_quick.md")):
         bench = path.name[:-len("_quick.md")]
         full = build_table(repo / "results", bench, "quick", "markdown",
                            parse_columns("fid,fid_clf,kld,ard,acc,forgetting"))
         assert path.read_text() == full, f"{path} is stale: regenerate it (docs/results.md)"
-        short = build_table(repo / "results", bench, "quick", "markdown",
-                            parse_columns("fid_clf,kld,acc,forgetting"), variants="defaults")
-        assert short.split("\n", 2)[2].strip() in readme, f"README's {bench} table is stale"
-
-
-def test_tables_in_docs_regenerate(capsys):
-    """Every table in docs/ introduced by its `python -m cl_diffusion.tables ...` command line
-    (followed by ':' and the table) is what that command prints from results/ now."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
     found = 0
-    for doc in sorted((repo / "docs").glob("*.md")):
-        for m in re.finditer(r"`python -m cl_diffusion\.tables ([^`]+)`:\n\n((?:\|.*\n)+)", doc.read_text()):
-            assert main([*shlex.split(m.group(1)), "--results", str(repo / "results")]) == 0
-            printed = capsys.readouterr().out.split("\n", 2)[2]
-            assert printed.strip() == m.group(2).strip(), f"{doc.name}: stale table after `{m.group(1)}`"
-            found += 1
-    assert found >= 1
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        found += len(DOC_TABLE.findall(text))
+        assert refresh_text(text, repo / "results") == text, \
+            f"{doc.name} has a stale table: python -m cl_diffusion.tables --refresh {doc.relative_to(repo)}"
+    assert found >= 6  # README's two, docs/results.md's four
+
+
+def test_refresh_rewrites_a_stale_table(tmp_path, capsys):
+    _fake_run(tmp_path, "gd", 0, 10.0, 0.70)
+    doc = tmp_path / "doc.md"
+    cmd = "python -m cl_diffusion.tables --benchmark fmnist-5 --profile quick --columns fid_clf"
+    doc.write_text(f"Intro.\n\n`{cmd}`:\n\n| strategy | seeds | FID_clf |\n|---|---|---|\n| gd | 1 | 99.99 |\n\nAfter.\n")
+    assert main(["--results", str(tmp_path), "--refresh", str(doc)]) == 0
+    assert "updated (1 tables)" in capsys.readouterr().out
+    text = doc.read_text()
+    assert "99.99" not in text and "| gd         | 1       | **10.00** |" in text
+    assert text.startswith(f"Intro.\n\n`{cmd}`:\n\n| strategy") and text.endswith("|\n\nAfter.\n")
+    assert main(["--results", str(tmp_path), "--refresh", str(doc)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["--refresh", str(tmp_path / "missing.md")]) == 2
 
 
 def test_per_seed_cells(tmp_path):
