@@ -201,7 +201,6 @@ def train_classifier(model: nn.Module, data: LabeledImages, recipe: Recipe, hfli
     pad = max(1, data.images.shape[-1] // 8)
     model.train()
     bar = tqdm(total=total, desc="training evaluation classifier", disable=not progress, leave=False)
-    it = 0
     # one generator for all epochs' orders and the augmentation: each epoch's randperm is drawn
     # after the previous epoch's last augmentation, as epoch_batches draws it lazily
     for step in epoch_batches(len(data), recipe.batch_size, total, g):
@@ -213,11 +212,10 @@ def train_classifier(model: nn.Module, data: LabeledImages, recipe: Recipe, hfli
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        it += 1
         bar.update(1)
     bar.close()
     model.eval()
-    return it
+    return total  # epoch_batches yields exactly ``total`` steps
 
 
 @torch.inference_mode()
@@ -294,9 +292,7 @@ def get_classifier(ev: EvalConfig, stream: "TaskStream", device: torch.device, p
             "trained_on": {"benchmark": getattr(stream, "name", ""), "dataset_id": getattr(stream, "dataset_id", "")},
             "torch": torch.__version__, "file": f"{stem}.safetensors"}
     _save(model, folder, stem, info)
-    weights = folder / f"{stem}.safetensors"
-    return EvalClassifier(model, {**info, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                                  "path": str(weights)})
+    return EvalClassifier(model, _with_file(info, folder / f"{stem}.safetensors"))
 
 
 class _cudnn_deterministic:
@@ -322,10 +318,16 @@ def _load_cached(model: nn.Module, weights: Path, meta: Path, spec: dict, device
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(weights), device=str(device)))
-        return {**info, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "path": str(weights)}
+        return _with_file(info, weights)
     except Exception as e:  # noqa: BLE001 - a damaged cache entry is retrained
         log(f"warning: cached classifier {weights} is unreadable ({type(e).__name__}: {e}); retraining it")
         return None
+
+
+def _with_file(info: dict, weights: Path) -> dict:
+    """``info`` plus the weights file it was loaded from or saved to and that file's SHA-256 (the
+    ``classifier`` record in ``eval_info.json``)."""
+    return {**info, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "path": str(weights)}
 
 
 def _save(model: nn.Module, folder: Path, stem: str, info: dict) -> None:

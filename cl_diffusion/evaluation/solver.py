@@ -110,7 +110,7 @@ class Solver:
         teacher = copy.deepcopy(self.net).eval().requires_grad_(False) if replay is not None else None
         g = seeding.generator(self.seed, seeding.SOLVER_DATA, k)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        total, it, sums, start = self.iterations(len(data)), 0, {"ce": 0.0, "kd": 0.0}, time.perf_counter()
+        total, sums, start = self.iterations(len(data)), {"ce": 0.0, "kd": 0.0}, time.perf_counter()
         bar = tqdm(total=total, desc=f"solver task {k + 1}", disable=not progress, leave=False)
         self.net.train()
         for step in loop.epoch_batches(len(data), self.batch_size, total, g):  # each epoch: randperm from g
@@ -122,12 +122,11 @@ class Solver:
             opt.step()
             for key, v in stats.items():
                 sums[key] += v
-            it += 1
             bar.update(1)
         bar.close()
         self.net.eval()
-        n = max(it, 1)
-        return {"solver_iters": float(it), "solver_ce": sums["ce"] / n,
+        n = max(total, 1)  # epoch_batches yields exactly ``total`` steps
+        return {"solver_iters": float(total), "solver_ce": sums["ce"] / n,
                 "solver_kd": sums["kd"] / n if replay is not None else float("nan"),
                 "solver_seconds": time.perf_counter() - start}
 
