@@ -30,7 +30,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -163,6 +163,14 @@ def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS)
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
 
 
+def _joined(values: Iterable[float], decimals: int) -> str:
+    """``a / b / ...`` (``–`` for a blank value), or one ``–`` when every value is blank."""
+    values = [float(v) for v in values]
+    if all(math.isnan(v) for v in values):
+        return "–"
+    return " / ".join(_cell(v, math.nan, decimals) for v in values)
+
+
 def render_per_seed(df: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
     """``--per-seed``: one row per variant, each cell the values after the last task at its seeds in
     increasing order (``a / b / c``; ``–`` where a run lacks the column, once where all do), nothing
@@ -172,9 +180,7 @@ def render_per_seed(df: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLU
     for variant in sorted(df["variant"].unique(), key=variant_key):
         runs = df[df["variant"] == variant].sort_values("seed")
         cells = [variant, ", ".join(str(int(s)) for s in runs["seed"])]
-        cells += ["–" if runs[c.key].isna().all() else " / ".join(_cell(float(v), math.nan, c.decimals)
-                                                                    for v in runs[c.key]) for c in columns]
-        body.append(cells)
+        body.append(cells + [_joined(runs[c.key], c.decimals) for c in columns])
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
 
 
@@ -188,9 +194,7 @@ def render_per_task(metrics: pd.DataFrame, fmt: str, columns: Sequence[Column] =
         runs = metrics[metrics["variant"] == variant]
         means = runs.groupby("task")[[c.key for c in columns if c.key in runs]].mean()
         cells = [variant, ", ".join(str(int(s)) for s in sorted(runs["seed"].unique()))]
-        cells += ["–" if c.key not in means or means[c.key].isna().all()
-                  else " / ".join(_cell(float(v), math.nan, c.decimals) for v in means[c.key]) for c in columns]
-        body.append(cells)
+        body.append(cells + [_joined(means[c.key], c.decimals) if c.key in means else "–" for c in columns])
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
 
 
@@ -235,7 +239,8 @@ def select_seeds(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
 
 def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     """The rows of the variants named in ``spec`` (comma-separated names or shell patterns such as
-    ``gd__lambda=*``; ``defaults`` = those without grid values); all rows for None. UserError naming the valid variants for an unknown one."""
+    ``gd__lambda=*``; ``defaults`` = those without grid values); all rows for None. UserError naming
+    the valid variants for a name that matches none."""
     if spec is None:
         return df
     variants = sorted(df["variant"].unique(), key=variant_key)
@@ -267,8 +272,7 @@ def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: 
     parts = []
     for (bench, prof), sub in _groups(df):
         if per_task:
-            rows = metrics[(metrics["benchmark"] == bench) & (metrics["profile"] == prof)]
-            rows = rows[rows[["variant", "seed"]].apply(tuple, axis=1).isin(set(zip(sub["variant"], sub["seed"])))]
+            rows = metrics.merge(sub[["benchmark", "profile", "variant", "seed"]])  # the selected runs only
             title = f"{bench}, profile {prof}: after each task, mean over seeds"
             table = render_per_task(rows, fmt, columns)
         elif per_seed:
