@@ -24,10 +24,21 @@ from typing import Any, Iterator
 
 from . import distributed
 
+
 def signals_of(stop_signal: str) -> list[signal.Signals]:
     """SIGTERM plus the configured ``stop_signal`` (none: SIGTERM alone)."""
     extra = [] if stop_signal == "none" else [signal.Signals[stop_signal]]
     return [signal.SIGTERM, *extra]
+
+
+def every_stop_signal() -> list[signal.Signals]:
+    """SIGTERM and every signal a run's ``stop_signal`` may name: what a driver of several runs (a
+    sweep) must turn into a clean exit."""
+    from .config import RunConfig
+    from .options import choices_of
+
+    choices = choices_of(RunConfig.__dataclass_fields__["stop_signal"]) or ()
+    return [signal.SIGTERM, *(signal.Signals[c] for c in choices if c != "none")]
 
 
 class Preempted(SystemExit):

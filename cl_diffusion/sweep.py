@@ -185,11 +185,13 @@ def run_in_processes(todo: Sequence[RunSpec], out: Path, jobs: int, threads: int
 
 @contextmanager
 def _sigterm_exits() -> Iterator[None]:
-    """While active (main thread only), SIGTERM, SIGUSR1 and SIGUSR2 (the runs' ``stop_signal``
-    choices) raise ``SystemExit(128 + signum)`` instead of killing the process outright, so ``with``
-    blocks, such as a worker pool's, clean up on the way out."""
+    """While active (main thread only), SIGTERM and the runs' ``stop_signal`` choices
+    (:func:`~cl_diffusion.preemption.every_stop_signal`) raise ``SystemExit(128 + signum)`` instead of
+    killing the process outright, so ``with`` blocks, such as a worker pool's, clean up on the way out."""
     import signal
     import threading
+
+    from .preemption import every_stop_signal
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -197,7 +199,7 @@ def _sigterm_exits() -> Iterator[None]:
 
     def _exit(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
-    previous = {s: signal.signal(s, _exit) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    previous = {s: signal.signal(s, _exit) for s in every_stop_signal()}
     try:
         yield
     finally:
