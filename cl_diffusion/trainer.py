@@ -262,9 +262,7 @@ class Trainer:
         """What differs between data-parallel ranks: RNG states, and the teacher cost counters with
         their values at the start of the task ([n_counters, 2]); CPU tensors."""
         counters = [[v, self.pos.costs_at_start.get(key, 0)] for key, v in self.strategy.costs().items()]
-        rng = rng_state(self.rng, self.device)  # generator, torch (+ cuda): the keys' order as before
-        return {"generator": rng.pop("generator"), "torch": rng.pop("torch"),
-                "counters": torch.tensor(counters, dtype=torch.float64), **rng}
+        return {**rng_state(self.rng, self.device), "counters": torch.tensor(counters, dtype=torch.float64)}
 
     def checkpoint(self) -> Path | None:
         """Save a checkpoint (rank 0 writes it; under torchrun every rank must call this)."""
