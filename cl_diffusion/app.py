@@ -256,12 +256,14 @@ def print_list(out: Callable[[str], None] = print) -> None:
         params = ", ".join(f"{k}={v}" for k, v, _ in describe(cls.Params()))
         out(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
             + (f"  [{params}]" if params else ""))
+
     def settings(values: Mapping[str, Any]) -> str:
         return ", ".join(f"{k}={v}" for k, v in values.items())
 
     out("benchmarks:")
     for name, spec in BENCHMARKS.items():
-        out(f"  {name:<12} {spec.description}" + (f"\n{'':15}paper protocol: {settings(spec.paper)}" if spec.paper else ""))
+        out(f"  {name:<12} {spec.description}"
+            + (f"\n{'':15}paper protocol: {settings(spec.paper)}" if spec.paper else ""))
     out("models:")
     for name, n_params, desc in describe_models():
         out(f"  {name:<14} {n_params:>12,d} params  {desc}")

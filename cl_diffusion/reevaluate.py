@@ -36,7 +36,6 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
     from .app import build_components, load_plugins, load_run_config, resolve_device
     from .evaluation.config import EvalConfig
     from .io import atomic_write_json, provenance, write_csv
-    from .config import RunConfig
     from .options import keys_where, option_keys
     from .preflight import check_new_dir, check_run
     from .strategy import TaskContext

@@ -13,8 +13,8 @@ class EvalConfig:
     # --- generated samples ----------------------------------------------------------------------
     eval_samples: int = opt(10000, "generated samples per evaluation; 0 = no sample metrics", min=0)
     eval_batch_size: int = opt(500, "batch size for evaluation sampling and feature extraction", min=1)
-    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (each benchmark's paper value: --list)", min=1,
-                          max="num_timesteps")
+    eval_steps: int = opt(10, "DDIM steps for evaluation samples and solver replay (each benchmark's paper "
+                              "value: --list)", min=1, max="num_timesteps")
     # --- Inception FID ----------------------------------------------------------------------------
     fid_inception: bool = opt(True, "compute the Inception FID ('fid') when InceptionV3 weights are available")
     inception_weights: str = opt("", "path to torch-fidelity's InceptionV3 weights (pt_inception-2015-12-05); "

@@ -2,36 +2,16 @@
 
 After task k (0-based) :meth:`Evaluator.after_task` draws ``eval_samples`` samples with DDIM
 (``eval_steps`` steps, the run's eta/spacing/clip), sample i from x_T seeded by (run seed, i) only,
-and computes:
-
-- ``fid``: Inception FID against the test images of tasks 0..k (torch-fidelity's InceptionV3,
-  2048-d pool3); blank when no Inception weights are available.
-- ``fid_clf``: the Fréchet distance in the penultimate-layer features of the suite's own
-  evaluation classifier (:mod:`.classifier`): always computed, NOT comparable to Inception FID.
-- ``kld``, ``ard``: KL(p_true || p_gen) and 0.5 * L1 between the label histogram of the seen test
-  sets and the classifier's labels of the samples, over all classes (:mod:`.histogram`).
-- ``acc``, ``forgetting``: the generative-replay solver (:mod:`.solver`) trained along the stream:
-  accuracy on the seen tasks' test sets (argmax over all classes), and the mean over old tasks
-  j < k of (best accuracy on j after an earlier task l in j..k-1) - (accuracy on j now), 0 at k = 0
-  (Chaudhry et al. 2018).
-- ``kid_clf`` (``kid_clf_std``), ``kid`` (``kid_std``): KID (Bińkowski et al. 2018; :mod:`.kid`,
-  torch-fidelity's estimator), unbiased at small sample counts, and its std over
-  ``kid_subsets`` subsets of ``kid_subset_size`` (capped at the sample count), in the classifier's
-  and Inception's features (the latter blank like ``fid``).
-- ``precision_clf``/``recall_clf``, ``precision``/``recall``: improved precision and recall
-  (Kynkäänniemi et al. 2019; :mod:`.precision_recall`, k = ``pr_k``) in the same two spaces, on
-  equally many sample and test features (a seeded random subset of the larger set).
-- per-task rows (1-based ``task_after``, ``task_j``): FID_clf/FID of the samples the classifier
-  routes to task j's classes against task j's test images (blank below 2 routed samples), the
-  share routed there (``share``; ``share_true`` is task j's share of the seen test set), the
-  same KID and precision/recall columns for those routed samples (KID blank below 2, precision/
-  recall below ``pr_k`` + 1 routed samples) and the solver's accuracy on task j. AIQ/AFQ/FR over
-  this matrix are computed from ``per_task.csv`` by :mod:`.aggregates`, not here.
+and computes the metrics row (FID and FID_clf, KLD/ARD, KID and precision/recall in the
+classifier's and Inception's features, the solver's ACC and forgetting) and one per-task row per
+seen task j (the samples the evaluation classifier routes to task j's classes, and the solver's
+accuracy on j). Every column is defined once, in ``docs/evaluation.md``; ``eval_info.json`` says
+how each was made in a run.
 
 Three parts do the work: :mod:`.sample_metrics` (the samples and their metrics), :mod:`.solver_protocol`
 (ACC and forgetting) and :mod:`.outputs` (``class_hist_task{k+1}.png``, ``samples_task{k+1}.png``
 unless the trainer already drew it from the same noise, ``eval_info.json``, TensorBoard and W&B).
-The metrics are defined in one place, ``docs/evaluation.md``.
+
 Under torchrun each rank draws a contiguous slice of the sample indices (same per-index noise, so
 the samples do not depend on the number of ranks at eta 0) and rank 0 gathers them; everything
 after that runs on rank 0 while the other ranks wait at a barrier and get empty results.
