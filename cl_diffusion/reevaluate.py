@@ -12,12 +12,18 @@ metrics equal the run's own (same sample noise, same solver seed), which the tes
 
 Reads ``RUN_DIR/config.json`` and ``RUN_DIR/model_task{1..K}.safetensors``; writes a new folder
 ``DIR`` (never an existing one) with ``config.json`` (the new options, and under ``meta`` the
-source run, its commit and the overrides), ``metrics.csv``, ``per_task.csv`` and the evaluator's
-PNGs. ``RUN_DIR`` is not changed.
+source run, its commit and the overrides), ``metrics.csv``, ``per_task.csv``, the evaluator's
+PNGs and, once every task is done, ``manifest.json``. ``RUN_DIR`` is not changed.
+
+The new folder is a run of its own variant, ``<source variant>__<key>=<value>...`` with the
+overrides in the order given (:func:`variant_of`). ``--into ROOT`` instead of ``--out`` places it at
+``ROOT/<benchmark>/<profile>/<variant>/seed<k>/``, where ``python -m cl_diffusion.tables --results
+results --results ROOT`` shows it beside the original runs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -83,7 +89,35 @@ def reevaluate(run_dir: Path, out: Path, sets: Sequence[tuple[str, str]] = (), d
         log(f"task {k + 1}: " + "  ".join(f"{m} {row[m]:.4g}" for m in ("fid", "fid_clf", "kld", "acc")
                                            if m in row))
     comps.evaluator.close()
+    command = " ".join(["python -m cl_diffusion.reevaluate", str(run_dir), "--out", str(out),
+                        *(f"--set {k}={v}" for k, v in sets)])
+    atomic_write_json(out / "manifest.json", {
+        "status": "complete", "command": command, "benchmark": cfg.run.benchmark, "profile": cfg.run.profile,
+        "variant": variant_of(run_dir, cfg.run.strategy, sets), "strategy": cfg.run.strategy, "seed": cfg.run.seed,
+        **meta})
     return out
+
+
+def variant_of(run_dir: Path, strategy: str, sets: Sequence[tuple[str, str]]) -> str:
+    """The re-evaluation's variant: the source run's (its manifest's, else the strategy) followed by
+    ``__<key>=<value>`` for each override in order, e.g. ``gd__solver_replay_pool=0``; overrides of
+    options that say only where and how to compute (``how=True``: device, progress) are left out."""
+    from .options import keys_where
+
+    manifest = run_dir / "manifest.json"
+    source = json.loads(manifest.read_text()).get("variant", strategy) if manifest.is_file() else strategy
+    how = set(keys_where(RunConfig, "how"))
+    return "__".join([source, *(f"{k}={v}" for k, v in sets if k not in how)])
+
+
+def folder_in(root: Path, run_dir: Path, sets: Sequence[tuple[str, str]]) -> Path:
+    """``--into ROOT``: ``ROOT/<benchmark>/<profile>/<variant>/seed<k>`` of the re-evaluation."""
+    from .app import load_plugins, load_run_config
+
+    load_plugins()
+    cfg, _ = load_run_config(run_dir, need_ckpt=False)
+    variant = variant_of(run_dir, cfg.run.strategy, sets)
+    return root / cfg.run.benchmark / cfg.run.profile / variant / f"seed{cfg.run.seed}"
 
 
 def _n_tasks(run_dir: Path) -> int:
@@ -97,7 +131,10 @@ def _n_tasks(run_dir: Path) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m cl_diffusion.reevaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished run: config.json, metrics.csv and model_task{K}.safetensors")
-    p.add_argument("--out", required=True, help="new folder for the metrics (must not exist)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="new folder for the metrics (must not exist)")
+    where.add_argument("--into", metavar="ROOT", help="write to ROOT/<benchmark>/<profile>/<variant>/seed<k>/ "
+                       "(must not exist), a results folder for cl_diffusion.tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an evaluation option")
     add_flags(p, RunConfig, ["device"], show_default=False, note="default: the run's")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
@@ -109,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is not None:
         set_threads(args.threads)
-    print(reevaluate(Path(args.run_dir), Path(args.out), parse_sets(args.set), args.device))
+    sets = parse_sets(args.set)
+    out = Path(args.out) if args.out else folder_in(Path(args.into), Path(args.run_dir), sets)
+    print(reevaluate(Path(args.run_dir), out, sets, args.device))
     return 0
 
 

@@ -1,6 +1,7 @@
 """How good is a teacher's replay at a given number of DDIM steps? Measured, not trained.
 
     python -m cl_diffusion.replay_quality RUN_DIR [--task K] [--steps 1,2,5,10,20] [--samples N] [--out FILE]
+    python -m cl_diffusion.replay_quality --table FILE ...
 
 Loads the weights a run saved after task K (``model_task{K}.safetensors``: the teacher of task
 K+1 for gr and gd), draws N samples at each DDIM step count with the run's sampler settings and
@@ -10,11 +11,14 @@ samples the classifier puts in a seen class. This is what GR trains on as data (
 2024, Sec. 4), so it tells how much of GR's forgetting comes from poor few-step replay.
 
 Writes JSON (with the run's config, the commit and the device) to ``--out``; an existing file is
-never overwritten.
+never overwritten. ``--table`` prints such files as one markdown table (docs regenerate theirs with
+``python -m cl_diffusion.tables --refresh``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,9 +91,34 @@ def measure(run_dir: Path, task: int, steps: Sequence[int], n: int, log=print) -
             "config": cfg.to_dict(), "meta": provenance(str(device)), "rows": rows}
 
 
+#: (JSON key of a row, header, decimals) of :func:`table`
+TABLE_COLUMNS = (("steps", "DDIM steps", 0), ("fid_clf", "FID_clf", 2), ("kld", "KLD", 3), ("ard", "ARD", 3),
+                 ("share_seen", "share in a seen class", 3))
+
+
+def table(paths: Sequence[Path]) -> str:
+    """``--table``: the rows of the JSON files ``paths`` (written by ``--out``) as one markdown
+    table, one line per (file, step count), labelled with the run's benchmark, strategy, seed and task."""
+    from tabulate import tabulate
+
+    body = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"bad value {str(path)!r} for --table: no such file (write one with --out)")
+        res = json.loads(Path(path).read_text())
+        cfg = res["config"]
+        model = f"{cfg['benchmark']} {cfg['strategy']} seed {cfg['seed']}, after task {res['task']}"
+        for r in res["rows"]:
+            body.append([model, *(f"{r[key]:.{dec}f}" for key, _, dec in TABLE_COLUMNS)])
+    return tabulate(body, headers=["model", *(h for _, h, _ in TABLE_COLUMNS)], tablefmt="github",
+                    disable_numparse=True) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m cl_diffusion.replay_quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run directory with config.json and model_task{K}.safetensors")
+    p.add_argument("run_dir", nargs="?", help="a run directory with config.json and model_task{K}.safetensors")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the measurements of these --out files as "
+                   "one markdown table instead of measuring")
     p.add_argument("--task", type=int, default=1, help="use the weights saved after this task (1-based)")
     p.add_argument("--steps", default="1,2,5,10,20", help="DDIM step counts, comma-separated")
     p.add_argument("--samples", type=int, default=1000, help="samples per step count")
@@ -100,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.table:
+        sys.stdout.write(table([Path(p) for p in args.table]))
+        return 0
+    if args.run_dir is None:
+        raise UserError("missing RUN_DIR: give a run directory to measure, or --table JSON ... to print measurements")
     steps = parse_steps(args.steps)
     if args.samples < 2:
         raise UserError(f"bad value {args.samples} for --samples: need at least 2 for a FID")

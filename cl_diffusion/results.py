@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -53,10 +53,13 @@ class Run:
                 "strategy": m["strategy"], "seed": int(m["seed"])}
 
 
-def complete_runs(results: Path | str, benchmark: str | None = None, profile: str | None = None) -> list[Run]:
-    """The complete runs under ``results``, sorted by folder; optionally of one benchmark / profile."""
+def complete_runs(results: Path | str | Sequence[Path | str], benchmark: str | None = None,
+                  profile: str | None = None) -> list[Run]:
+    """The complete runs under ``results`` (one folder or several, e.g. ``results/`` and a
+    re-evaluation's folder), sorted by folder within each; optionally of one benchmark / profile."""
+    roots = [results] if isinstance(results, (str, Path)) else list(results)
     runs = []
-    for manifest in sorted(Path(results).glob("*/*/*/seed*/manifest.json")):
+    for manifest in (m for root in roots for m in sorted(Path(root).glob("*/*/*/seed*/manifest.json"))):
         m = json.loads(manifest.read_text())
         if m.get("status") != "complete":
             continue

@@ -3,16 +3,16 @@
     python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
                                   [--columns fid_clf,kid_clf,...] [--variants V,...|defaults]
                                   [--seeds 0,1,...] [--per-seed | --per-task] [--compare A,B]
-                                  [--results DIR]
+                                  [--results DIR ...]
 
 One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
 columns (:data:`COLUMNS`, chosen with ``--columns``; by default all, today's six first) are
 metrics after the last task (FID, FID_clf, KLD, ARD, ACC, forgetting, then KID and precision/
-recall in both feature spaces) and the CLoG aggregates AIQ/AFQ/FR of the per-task FID_clf, KID_clf
-and solver accuracy (:mod:`cl_diffusion.evaluation.aggregates`, from ``per_task.csv``). Each cell
-is the mean ± standard error over seeds (SE = sample std / sqrt(n), pandas ``sem``); the best entry
-of each column is marked (bold in markdown and LaTeX, ``*`` in CSV). Runs made before a column
-existed leave it blank (``–``).
+recall in both feature spaces, then two costs of the last task) and the CLoG aggregates AIQ/AFQ/FR
+of the per-task FID_clf, KID_clf and solver accuracy (:mod:`cl_diffusion.evaluation.aggregates`,
+from ``per_task.csv``). Each cell is the mean ± standard error over seeds (SE = sample std /
+sqrt(n), pandas ``sem``); the best entry of each column is marked (bold in markdown and LaTeX,
+``*`` in CSV). Runs made before a column existed leave it blank (``–``).
 
 ``--compare A,B`` prints instead a paired comparison of two variants: per column, the mean over
 the seeds both ran of (A's value - B's value), its SE over those seeds and their number (a seed
@@ -39,16 +39,19 @@ from .evaluation.aggregates import KINDS
 from .results import complete_runs, last_task, read_metrics, variant_key
 from .run import _Parser
 
+Roots = Path | Sequence[Path]  # one results folder or several (:func:`cl_diffusion.results.complete_runs`)
+
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: ``key`` (the ``--columns`` name), its header, whether lower is better,
-    the decimals shown, and where it comes from: ``metric`` after the last task (``aggregate``
-    None), or the aggregate ``aggregate`` of the per-task column ``metric``."""
+    """One table column: ``key`` (the ``--columns`` name), its header, whether lower is better
+    (None: no best entry is marked, as for costs), the decimals shown, and where it comes from:
+    ``metric`` after the last task (``aggregate`` None), or the aggregate ``aggregate`` of the
+    per-task column ``metric``."""
 
     key: str
     header: str
-    lower: bool
+    lower: bool | None
     decimals: int
     metric: str
     aggregate: str | None = None
@@ -59,7 +62,9 @@ LAST_TASK = (("fid", "FID", True, 2), ("fid_clf", "FID_clf", True, 2), ("kld", "
              ("ard", "ARD", True, 3), ("acc", "ACC", False, 3), ("forgetting", "Forgetting", True, 3),
              ("kid", "KID", True, 4), ("kid_clf", "KID_clf", True, 4), ("precision", "Prec", False, 3),
              ("recall", "Rec", False, 3), ("precision_clf", "Prec_clf", False, 3),
-             ("recall_clf", "Rec_clf", False, 3))
+             ("recall_clf", "Rec_clf", False, 3),
+             # the last task's cost (evaluation.md#cost-columns): CPU seconds of its training, teacher image evaluations
+             ("train_cpu_seconds", "train CPU s", None, 0), ("teacher_image_evals", "teacher evals", None, 0))
 #: (per_task.csv column, header, lower is better, decimals) of the metrics with AIQ/AFQ/FR columns;
 #: FR keeps the metric's direction (lower FR is better exactly when the metric is lower-is-better)
 AGGREGATED = (("fid_clf", "FID_clf", True, 2), ("kid_clf", "KID_clf", True, 4), ("acc", "ACC", False, 3))
@@ -82,7 +87,7 @@ def parse_columns(spec: str | None) -> tuple[Column, ...]:
     return tuple(by_key[name] for name in names)
 
 
-def load_results(results: Path, benchmark: str | None = None, profile: str | None = None,
+def load_results(results: Roots, benchmark: str | None = None, profile: str | None = None,
                  columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """One row per complete run: benchmark, profile, variant, strategy, seed, and each column's value."""
     last = [c.metric for c in columns if c.aggregate is None]
@@ -117,7 +122,7 @@ def paired(df: pd.DataFrame, a: str, b: str, columns: Sequence[Column] = COLUMNS
 def _best(summary: pd.DataFrame, col: Column) -> set[str]:
     """Variants whose mean is best at the displayed precision (ties are all marked)."""
     means = summary[f"{col.key}_mean"].dropna().round(col.decimals)
-    if means.empty:
+    if means.empty or col.lower is None:
         return set()
     target = means.min() if col.lower else means.max()
     return set(summary.loc[means.index[means == target], "variant"])
@@ -216,10 +221,11 @@ def _groups(df: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     return sorted(df.groupby(["benchmark", "profile"]), key=lambda kv: kv[0])
 
 
-def _load(results: Path, benchmark: str | None, profile: str | None, columns: Sequence[Column]) -> pd.DataFrame:
+def _load(results: Roots, benchmark: str | None, profile: str | None, columns: Sequence[Column]) -> pd.DataFrame:
     df = load_results(results, benchmark, profile, columns)
     if df.empty:
-        raise UserError(f"no complete runs in {results} for benchmark={benchmark or 'any'}, profile={profile or 'any'}")
+        where = ", ".join(map(str, [results] if isinstance(results, (str, Path)) else results))
+        raise UserError(f"no complete runs in {where} for benchmark={benchmark or 'any'}, profile={profile or 'any'}")
     return df
 
 
@@ -256,7 +262,7 @@ def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
     return df[df["variant"].isin(keep)]
 
 
-def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: str,
+def build_table(results: Roots, benchmark: str | None, profile: str | None, fmt: str,
                 columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False,
                 seeds: str | None = None, per_task: bool = False) -> str:
     """The tables of all (benchmark, profile) groups of complete runs, each with its title;
@@ -285,7 +291,7 @@ def build_table(results: Path, benchmark: str | None, profile: str | None, fmt: 
     return "\n".join(parts)
 
 
-def build_comparison(results: Path, benchmark: str | None, profile: str | None, fmt: str, pair: str,
+def build_comparison(results: Roots, benchmark: str | None, profile: str | None, fmt: str, pair: str,
                      columns: Sequence[Column] = COLUMNS) -> str:
     """``--compare A,B``: the paired comparison in every (benchmark, profile) group where A and B
     share at least 2 seeds. UserError for a malformed pair, an unknown variant, or no such group."""
@@ -332,32 +338,63 @@ def build_parser() -> _Parser:
     p.add_argument("--per-task", action="store_true", help="the mean over seeds after every task, not only the last")
     p.add_argument("--variants", help=f"comma-separated variants or patterns to show (default: all), e.g. "
                                       f"'gd,gd__lambda=*'; '{DEFAULTS}' = every strategy at its default settings")
-    p.add_argument("--results", default="results", help="results folder (default results/)")
+    p.add_argument("--results", action="append", metavar="DIR",
+                   help="results folder (default results/); repeat it to read several, e.g. results/ beside a "
+                        "re-evaluation's folder")
     p.add_argument("--refresh", nargs="+", metavar="FILE", help="rewrite, in these markdown files, every table "
                    "printed right below its `python -m cl_diffusion.tables ...`: line, from --results")
     return p
+
+
+def _roots(args: argparse.Namespace) -> list[Path]:
+    return [Path(r) for r in (args.results or [DEFAULT_RESULTS])]
 
 
 def output(args: argparse.Namespace) -> str:
     """What the command prints for the parsed ``args`` (not ``--refresh``)."""
     columns = parse_columns(args.columns)
     if args.compare is not None:
-        return build_comparison(Path(args.results), args.benchmark, args.profile, args.format, args.compare, columns)
-    return build_table(Path(args.results), args.benchmark, args.profile, args.format, columns, args.variants,
+        return build_comparison(_roots(args), args.benchmark, args.profile, args.format, args.compare, columns)
+    return build_table(_roots(args), args.benchmark, args.profile, args.format, columns, args.variants,
                        args.per_seed, args.seeds, args.per_task)
 
 
-#: a generated table in a markdown file: its command line in backticks, a colon, a blank line, the table
-DOC_TABLE = re.compile(r"`python -m cl_diffusion\.tables ([^`]+)`:\n\n((?:\|.*\n)+)")
+DEFAULT_RESULTS = "results"
+#: a generated table in a markdown file: its command line in backticks, a colon, a blank line, the
+#: table. The commands are those of :data:`DOC_COMMANDS`, written as run from the repository root.
+DOC_TABLE = re.compile(r"`python -m cl_diffusion\.(tables|replay_quality) ([^`]+)`:\n\n((?:\|.*\n)+)")
+
+
+def in_results(path: str, results: Path) -> Path:
+    """A path of a documented command, read from ``results`` when it lies under ``results/``
+    (``results/analysis/x`` -> ``<results>/analysis/x``), as written otherwise."""
+    parts = Path(path).parts
+    return results.joinpath(*parts[1:]) if parts and parts[0] == DEFAULT_RESULTS else Path(path)
+
+
+def _tables_doc(argv: list[str], results: Path) -> str:
+    args = build_parser().parse_args(argv)
+    args.results = [str(in_results(r, results)) for r in (args.results or [DEFAULT_RESULTS])]
+    return output(args).split("\n", 2)[2]  # without the title line
+
+
+def _replay_quality_doc(argv: list[str], results: Path) -> str:
+    from .replay_quality import build_parser as rq_parser, table
+
+    args = rq_parser().parse_args(argv)
+    return table([in_results(p, results) for p in args.table])
+
+
+#: module -> the table its documented command prints (argv, results folder)
+DOC_COMMANDS = {"tables": _tables_doc, "replay_quality": _replay_quality_doc}
 
 
 def refresh_text(text: str, results: Path) -> str:
-    """``text`` with every :data:`DOC_TABLE` replaced by what its command prints now from ``results``
-    (the table without its title line)."""
+    """``text`` with every :data:`DOC_TABLE` replaced by what its command prints now, reading the
+    paths under ``results/`` from ``results`` (:func:`in_results`)."""
     def regenerate(m: re.Match) -> str:
-        args = build_parser().parse_args([*shlex.split(m.group(1)), "--results", str(results)])
-        table = output(args).split("\n", 2)[2]
-        return m.group(0)[:m.start(2) - m.start(0)] + table
+        table = DOC_COMMANDS[m.group(1)](shlex.split(m.group(2)), results)
+        return m.group(0)[:m.start(3) - m.start(0)] + table
     return DOC_TABLE.sub(regenerate, text)
 
 
@@ -370,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not path.is_file():
                 raise UserError(f"bad value {name!r} for --refresh: no such file")
             text = path.read_text()
-            new = refresh_text(text, Path(args.results))
+            new = refresh_text(text, _roots(args)[0])
             if new != text:
                 path.write_text(new)
             print(f"{name}: {'updated' if new != text else 'up to date'} ({len(DOC_TABLE.findall(text))} tables)")

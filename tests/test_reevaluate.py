@@ -56,3 +56,34 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
     assert "exists" in lines[0] and "cannot change 'lr' after training" in lines[1]
     assert "eval_samples" in lines[2] and "not a run directory" in lines[3]
     assert not any((tmp_path / d).exists() for d in "abc") and not any(exists.iterdir())
+
+
+def test_into_writes_a_run_folder_that_tables_read_beside_the_runs(smoke_run, tmp_path):
+    """``--into ROOT`` lays the re-evaluation out as a run of the variant ``gd__<key>=<value>``, and
+    ``tables --results A --results B`` shows both folders' runs in one table."""
+    import json
+    import shutil
+
+    from cl_diffusion.tables import main as tables_main
+
+    runs = tmp_path / "runs" / "fmnist-5" / "smoke" / "gd" / "seed0"
+    shutil.copytree(smoke_run, runs)
+    (runs / "manifest.json").write_text(json.dumps({"status": "complete", "benchmark": "fmnist-5", "profile": "smoke",
+                                                    "variant": "gd", "strategy": "gd", "seed": 0}))
+    assert main([str(runs), "--into", str(tmp_path / "re"), "--set", "solver_iters_per_task=6"]) == 0
+    folder = tmp_path / "re" / "fmnist-5" / "smoke" / "gd__solver_iters_per_task=6" / "seed0"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["variant"] == "gd__solver_iters_per_task=6"
+    assert manifest["reevaluated_from"] == str(runs) and "--set solver_iters_per_task=6" in manifest["command"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert tables_main(["--results", str(tmp_path / "runs"), "--results", str(tmp_path / "re"),
+                            "--format", "csv", "--columns", "acc"]) == 0
+    rows = [line.split(",") for line in buf.getvalue().strip().splitlines()[1:]]
+    acc = {r[0]: float(r[2].rstrip("*")) for r in rows}
+    assert set(acc) == {"gd", "gd__solver_iters_per_task=6"}
+    assert acc["gd"] == pytest.approx(_metrics(smoke_run, ["acc"])[-1], abs=5e-4)
+    assert acc["gd__solver_iters_per_task=6"] == pytest.approx(_metrics(folder, ["acc"])[-1], abs=5e-4)

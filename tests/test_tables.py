@@ -206,3 +206,34 @@ def test_per_task_means_over_seeds(tmp_path, capsys):
     assert row == ["gd", "0, 1", "99.00 / 11.00", "0.990 / 0.650"]
     assert main(["--results", str(tmp_path), "--per-task", "--columns", "acc_fr"]) == 2
     assert "--per-task shows metrics after each task" in capsys.readouterr().err
+
+
+def test_refresh_reads_several_results_folders_and_replay_quality_tables(tmp_path, capsys):
+    """A documented command's paths under ``results/`` are read from ``--results``: a second
+    ``--results results/analysis/x`` folder, and ``replay_quality --table results/...json`` files."""
+    results = tmp_path / "res"
+    _fake_run(results, "gd", 0, 10.0, 0.70)
+    _fake_run(results / "analysis" / "x", "gd", 0, 11.0, 0.80, grid={"solver_replay_pool": "0"})
+    rq = {"task": 1, "config": {"benchmark": "fmnist-5", "strategy": "gd", "seed": 0},
+          "rows": [{"steps": 2, "fid_clf": 104.2249, "kld": 2.6591, "ard": 0.93, "share_seen": 0.07}]}
+    (results / "analysis" / "rq.json").write_text(json.dumps(rq))
+    cmd1 = "python -m cl_diffusion.tables --results results --results results/analysis/x --columns acc"
+    cmd2 = "python -m cl_diffusion.replay_quality --table results/analysis/rq.json"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"`{cmd1}`:\n\n| stale |\n\nand `{cmd2}`:\n\n| stale |\n")
+    assert main(["--results", str(results), "--refresh", str(doc)]) == 0
+    assert "updated (2 tables)" in capsys.readouterr().out
+    text = doc.read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    assert ["gd", "1", "0.700"] in rows and ["gd__solver_replay_pool=0", "1", "**0.800**"] in rows
+    assert ["fmnist-5 gd seed 0, after task 1", "2", "104.22", "2.659", "0.930", "0.070"] in rows
+    assert "stale" not in text
+
+
+def test_replay_quality_table_rejects_a_missing_file(tmp_path, capsys):
+    from cl_diffusion.replay_quality import main as rq_main
+
+    assert rq_main(["--table", str(tmp_path / "none.json")]) == 2
+    assert rq_main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "none.json" in err[0] and "--table" in err[1]
