@@ -160,6 +160,8 @@ CASES: list[tuple[str, list[str], str]] = [
      r"bad value 'tpu' for device; valid choices: auto, cpu, cuda"),
     ("reevaluate", ["{run}", "--out", "{out}/re", "--threads", "0"], r"bad value 0 for --threads"),
     ("reevaluate", ["{run}", "--out", "{out}/re"], r"lacks the saved weights model_task1.safetensors"),
+    ("reevaluate", ["{run}", "--out", "{out}/re", "--into", "{out}/x"], r"--into: not allowed with argument --out"),
+    ("reevaluate", ["{empty}", "--into", "{out}/x"], r"is not a run directory \(expected config.json in it\)"),
     # --- bench ---------------------------------------------------------------------------------------
     ("bench", ["--device", "tpu", "--out", "{out}"], r"bad value 'tpu' for device; valid choices: auto, cpu, cuda"),
     ("bench", ["--compile", "maybe", "--out", "{out}"], r"bad value 'maybe' for compile; valid choices: auto, on, off"),
