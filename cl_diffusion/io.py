@@ -153,5 +153,20 @@ def provenance(device: str) -> dict[str, Any]:
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
     return {"package_version": __version__, "git_commit": git_commit(), "device": device,
-            "device_name": name, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_threads": torch.get_num_threads(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "device_name": name, "cpu_model": cpu_model(), "torch": torch.__version__,
+            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows: float results
+    of the same seed differ between CPU families, so a run records which one it ran on."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

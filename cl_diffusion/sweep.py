@@ -110,6 +110,7 @@ def execute(spec: RunSpec, out: Path, log: Callable[[str], None] = print, force:
                     "benchmark": spec.benchmark, "strategy": spec.strategy, "profile": spec.profile,
                     "grid": dict(spec.grid), "sets": dict(spec.sets), "git_commit": config["meta"]["git_commit"],
                     "device": config["meta"]["device"], "device_name": config["meta"].get("device_name"),
+                    "cpu_model": config["meta"].get("cpu_model"),
                     "wall_seconds_last_call": round(time.time() - start, 1),
                     **({"resumed_by_commit": resumed_by} if resumed_by else {}),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -32,6 +32,7 @@ def test_smoke_run_end_to_end(run_dirs):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["profile"] == "smoke" and cfg["seed"] == 0 and cfg["meta"]["device"] == "cpu"
     assert cfg["meta"]["git_commit"] and cfg["meta"]["package_version"]
+    assert cfg["meta"]["cpu_model"]
     assert "differs from the paper's protocol" in proc.stdout
     assert list((run_dir / "ckpt").glob("state-*.safetensors"))
 

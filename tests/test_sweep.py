@@ -39,6 +39,7 @@ def test_local_sweep_skips_complete_and_resumes_interrupted(tmp_path, capsys):
     assert _complete(out) == FOLDERS
     manifest = json.loads((out / FOLDERS[3] / "manifest.json").read_text())
     assert (manifest["status"], manifest["strategy"], manifest["seed"]) == ("complete", "gd", 1)
+    assert manifest["cpu_model"] and manifest["device_name"]  # which machine: float results differ between CPUs
     assert len(read_csv(out / FOLDERS[3] / "metrics.csv")) == 5
 
     # interrupt one run after the fact: no manifest, and its newest checkpoint gone
