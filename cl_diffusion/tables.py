@@ -2,7 +2,7 @@
 
     python -m cl_diffusion.tables [--benchmark B] [--profile P] [--format markdown|latex|csv]
                                   [--columns fid_clf,kid_clf,...] [--variants V,...|defaults]
-                                  [--seeds 0,1,...] [--per-seed | --per-task] [--compare A,B]
+                                  [--seeds 0,1,...] [--per-seed | --per-task | --rank] [--compare A,B]
                                   [--results DIR ...]
 
 One row per strategy variant (strategy plus any grid values such as lambda or teacher steps); the
@@ -153,16 +153,29 @@ def _check_format(fmt: str) -> None:
         raise choice_error("format", fmt, FORMATS)
 
 
-def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS) -> str:
-    """The table as markdown, LaTeX (booktabs-free tabular, no LaTeX install needed) or CSV."""
+def ranks(summary: pd.DataFrame, col: Column) -> pd.Series:
+    """Each variant's rank in ``col``, 1 = best, by the mean at the displayed precision (ties share
+    the better rank: 1, 1, 3); NaN for a blank mean or a column without a better direction."""
+    means = summary[f"{col.key}_mean"].round(col.decimals)
+    if col.lower is None:
+        return means * math.nan
+    return means.rank(method="min", ascending=col.lower)
+
+
+def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS, rank: bool = False) -> str:
+    """The table as markdown, LaTeX (booktabs-free tabular, no LaTeX install needed) or CSV; with
+    ``rank`` each cell ends in its rank within the column, ``(1)`` for the best (:func:`ranks`)."""
     _check_format(fmt)
     best = {c.key: _best(summary, c) for c in columns}
+    rank_of = {c.key: ranks(summary, c) for c in columns}
     mark = {"markdown": "**{}**", "latex": "\\textbf{{{}}}", "csv": "{}*"}[fmt]
     body = []
-    for _, r in summary.iterrows():
+    for i, r in summary.iterrows():
         cells = [r["variant"], int(r["n"])]
         for c in columns:
             cell = _cell(r[f"{c.key}_mean"], r[f"{c.key}_se"], c.decimals)
+            if rank and not math.isnan(rank_of[c.key][i]):
+                cell += f" ({int(rank_of[c.key][i])})"
             cells.append(mark.format(cell) if r["variant"] in best[c.key] else cell)
         body.append(cells)
     return _format(["strategy", "seeds", *[c.header for c in columns]], body, fmt)
@@ -264,15 +277,18 @@ def select_variants(df: pd.DataFrame, spec: str | None) -> pd.DataFrame:
 
 def build_table(results: Roots, benchmark: str | None, profile: str | None, fmt: str,
                 columns: Sequence[Column] = COLUMNS, variants: str | None = None, per_seed: bool = False,
-                seeds: str | None = None, per_task: bool = False) -> str:
+                seeds: str | None = None, per_task: bool = False, rank: bool = False) -> str:
     """The tables of all (benchmark, profile) groups of complete runs, each with its title;
     ``variants`` and ``seeds`` select rows (:func:`select_variants`, :func:`select_seeds`);
     ``per_seed`` shows each seed's value instead of the mean ± SE (:func:`render_per_seed`),
-    ``per_task`` the mean after every task (:func:`render_per_task`)."""
+    ``per_task`` the mean after every task (:func:`render_per_task`); ``rank`` adds each mean's rank
+    in its column (:func:`ranks`)."""
     _check_format(fmt)
     if per_task and (per_seed or any(c.aggregate for c in columns)):
         raise UserError("--per-task shows metrics after each task: it takes no --per-seed and no aggregate "
                         f"columns; valid columns: {', '.join(c.key for c in COLUMNS if c.aggregate is None)}")
+    if rank and (per_task or per_seed):
+        raise UserError("--rank ranks the mean ± SE cells: it takes no --per-seed and no --per-task")
     df = select_variants(select_seeds(_load(results, benchmark, profile, columns), seeds), variants)
     metrics = read_metrics(complete_runs(results, benchmark, profile)) if per_task else None
     parts = []
@@ -286,7 +302,7 @@ def build_table(results: Roots, benchmark: str | None, profile: str | None, fmt:
             table = render_per_seed(sub, fmt, columns)
         else:
             title = f"{bench}, profile {prof}: after the last task, mean ± SE over seeds"
-            table = render(summarize(sub, columns), fmt, columns)
+            table = render(summarize(sub, columns), fmt, columns, rank)
         parts.append(table if fmt == "csv" else f"{'%' if fmt == 'latex' else '###'} {title}\n\n{table}")
     return "\n".join(parts)
 
@@ -336,6 +352,7 @@ def build_parser() -> _Parser:
     p.add_argument("--seeds", help="comma-separated seeds to use (default: all)")
     p.add_argument("--per-seed", action="store_true", help="each seed's value instead of the mean ± SE")
     p.add_argument("--per-task", action="store_true", help="the mean over seeds after every task, not only the last")
+    p.add_argument("--rank", action="store_true", help="end each mean ± SE cell with its rank in the column, (1) = best")
     p.add_argument("--variants", help=f"comma-separated variants or patterns to show (default: all), e.g. "
                                       f"'gd,gd__lambda=*'; '{DEFAULTS}' = every strategy at its default settings")
     p.add_argument("--results", action="append", metavar="DIR",
@@ -353,10 +370,12 @@ def _roots(args: argparse.Namespace) -> list[Path]:
 def output(args: argparse.Namespace) -> str:
     """What the command prints for the parsed ``args`` (not ``--refresh``)."""
     columns = parse_columns(args.columns)
+    if args.compare is not None and args.rank:
+        raise UserError("--rank ranks the mean ± SE cells: it takes no --compare")
     if args.compare is not None:
         return build_comparison(_roots(args), args.benchmark, args.profile, args.format, args.compare, columns)
     return build_table(_roots(args), args.benchmark, args.profile, args.format, columns, args.variants,
-                       args.per_seed, args.seeds, args.per_task)
+                       args.per_seed, args.seeds, args.per_task, args.rank)
 
 
 DEFAULT_RESULTS = "results"

@@ -237,3 +237,20 @@ def test_replay_quality_table_rejects_a_missing_file(tmp_path, capsys):
     assert rq_main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "none.json" in err[0] and "--table" in err[1]
+
+
+def test_rank_per_column_by_hand(tmp_path, capsys):
+    """--rank: 1 = best in each column's direction, ties at the displayed precision share the better rank."""
+    _fake_run(tmp_path, "gd", 0, 10.0, 0.70)
+    _fake_run(tmp_path, "gr", 0, 40.0, 0.50)
+    _fake_run(tmp_path, "lwf", 0, 10.001, 0.60)  # FID_clf 10.00 at 2 decimals: ties gd
+    from cl_diffusion.tables import parse_columns
+
+    table = build_table(tmp_path, "fmnist-5", "quick", "markdown", parse_columns("fid_clf,acc"), rank=True)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "strategy" not in line}
+    assert rows == {"gd": ["**10.00 (1)**", "**0.700 (1)**"], "gr": ["40.00 (3)", "0.500 (3)"],
+                    "lwf": ["**10.00 (1)**", "0.600 (2)"]}
+    assert main(["--results", str(tmp_path), "--rank", "--per-seed"]) == 2
+    assert main(["--results", str(tmp_path), "--rank", "--compare", "gd,gr"]) == 2
+    assert "--rank" in capsys.readouterr().err
