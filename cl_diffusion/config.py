@@ -67,7 +67,7 @@ class RunConfig:
     # --- execution (cl_diffusion.execution: same results within a tested tolerance) -----------
     memory_format: str = options.opt("auto", "conv memory format; auto = channels_last",
                                      choices=("auto", "channels_last", "contiguous"), how=True)
-    precision: str = options.opt("auto", "network precision; auto = bf16 autocast where bf16 is native, else fp32",
+    precision: str = options.opt("auto", "network precision; auto = bf16 autocast on a CUDA GPU with native bf16, else fp32",
                                  choices=("auto", "fp32", "bf16"), how=True)
     compile: str = options.opt("auto", "torch.compile the eps-networks; auto = on for CUDA, off for CPU",
                                choices=("auto", "on", "off"), how=True)

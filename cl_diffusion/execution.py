@@ -7,17 +7,19 @@ floating-point rounding, and each has a default per device (``auto``):
 option             auto resolves to                            tolerance (tests/test_execution.py)
 =================  ==========================================  =====================================
 ``memory_format``  ``channels_last`` on CPU and CUDA           eps output within 1e-5 relative L2
-``precision``      ``bf16`` autocast where bf16 is native      eps output within 2e-2 relative L2,
-                   (CUDA with bf16; CPUs with AVX-512 BF16      loss within 2e-2 relative
-                   or AMX), else ``fp32``
+``precision``      ``bf16`` autocast on CUDA with native bf16,  eps output within 2e-2 relative L2,
+                   else ``fp32`` (CPUs too, native bf16 or      loss within 2e-2 relative
+                   not)
 ``compile``        ``on`` on CUDA, ``off`` on CPU              eps output within 1e-4 relative L2
 =================  ==========================================  =====================================
 
-Why these defaults: on this project's 2-core Ice Lake CPU (no native bf16) channels_last made a
-training step 1.2-1.3x faster, bf16 autocast made it 2x *slower* (emulated), and
-``torch.compile`` gained 1.18x after a 1-2 minute compile, which a CPU-scale run does not win
-back (docs/bench.md). The CUDA defaults follow the usual practice for Hopper/Ampere GPUs and have
-not been measured on a GPU yet.
+Why these defaults: on a 2-core Ice Lake CPU (no native bf16) channels_last made a training step
+1.2-1.3x faster, bf16 autocast made it 2x *slower* (emulated), and ``torch.compile`` gained 1.18x
+after a 1-2 minute compile, which a CPU-scale run does not win back. On an AMD EPYC with AVX-512
+BF16, bf16 on top of channels_last made the quick profile's training step slower, not faster
+(docs/bench.md), so a CPU stays in fp32 whatever its flags: CPU results then do not depend on
+which CPU family ran them beyond rounding. The CUDA defaults follow the usual practice for
+Hopper/Ampere GPUs and have not been measured on a GPU yet.
 
 bf16 autocast covers the student's forward (the loss), the teacher's replay sampling and the
 evaluation sampling; the sampler arithmetic, the loss reduction, the optimizer and the
@@ -71,7 +73,8 @@ class Execution:
     def resolve(cls, run: Any, device: torch.device) -> "Execution":
         """Resolve the ``auto`` values of ``run.memory_format``, ``run.precision`` and ``run.compile``."""
         return cls(channels_last=run.memory_format in ("channels_last", "auto"),
-                   bf16=run.precision == "bf16" or (run.precision == "auto" and native_bf16(device)),
+                   bf16=run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda"
+                                                     and native_bf16(device)),
                    compile=run.compile == "on" or (run.compile == "auto" and device.type == "cuda"),
                    device_type=device.type)
 

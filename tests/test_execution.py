@@ -48,9 +48,14 @@ def test_auto_on_a_cpu_without_native_bf16(monkeypatch) -> None:
     assert e.describe() == {"memory_format": "channels_last", "precision": "fp32", "compile": False}
 
 
-def test_auto_on_a_cpu_with_native_bf16(monkeypatch) -> None:
-    monkeypatch.setattr(ex, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
-    assert Execution.resolve(RunConfig(), CPU).bf16
+def test_auto_on_a_cpu_with_native_bf16_stays_fp32(monkeypatch) -> None:
+    """Native bf16 on a CPU was slower than fp32 with channels_last (docs/bench.md): auto keeps fp32,
+    so a CPU's results do not depend on its flags; precision=bf16 still turns it on."""
+    monkeypatch.setattr(ex, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+    assert ex.native_bf16(CPU) and not Execution.resolve(RunConfig(), CPU).bf16
+    cfg = RunConfig()
+    cfg.precision = "bf16"
+    assert Execution.resolve(cfg, CPU).bf16
 
 
 def test_auto_on_cuda(monkeypatch) -> None:
