@@ -16,9 +16,10 @@ option             auto resolves to                            tolerance (tests/
 Why these defaults: on a 2-core Ice Lake CPU (no native bf16) channels_last made a training step
 1.2-1.3x faster, bf16 autocast made it 2x *slower* (emulated), and ``torch.compile`` gained 1.18x
 after a 1-2 minute compile, which a CPU-scale run does not win back. On an AMD EPYC with native
-bf16 (AVX-512 BF16), bf16 autocast gained about 1.06x on the quick profile's training step
-(docs/bench.md): not worth results that differ from every fp32 run, so a CPU stays in fp32
-whatever its flags, and CPU results do not depend on which CPU family ran them beyond rounding. The CUDA defaults follow the usual practice for
+bf16 (AVX-512 BF16), bf16 autocast gained 1.06x on the quick profile's training step in the
+benchmark and made two real runs' training 1.4x slower (docs/bench.md): not worth results that
+differ from every fp32 run, so a CPU stays in fp32 whatever its flags, and CPU results do not
+depend on which CPU family ran them beyond rounding. The CUDA defaults follow the usual practice for
 Hopper/Ampere GPUs and have not been measured on a GPU yet.
 
 bf16 autocast covers the student's forward (the loss), the teacher's replay sampling and the
