@@ -5,8 +5,9 @@
 of today's code must reproduce every column of those files except the wall-clock ``*_seconds``;
 columns added since are allowed. On the platform that wrote them the values must agree to a
 relative 1e-9: the count of BLAS threads (numpy/scipy, not torch's) changes the last digits of the
-Frechet distance's matrix square root, and nothing else. On another one (a CPU with other vector kernels, another torch) float arithmetic differs in the last
-bits and a 4-iteration run amplifies that, so there only the training losses are compared, at a
+Frechet distance's matrix square root, and nothing else. On another one (a CPU with other vector
+kernels, another torch) float arithmetic differs in the last bits and a 4-iteration run amplifies
+that, so there only the training losses are compared, at a
 relative tolerance of 1e-3 (a changed random draw or formula moves them by far more).
 
 Regenerate after a change that is meant to change results (and say so in the commit):
@@ -38,9 +39,19 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def same_platform() -> bool:
+    """Whether this is the platform that wrote the golden files (see the module docstring)."""
+    return (GOLDEN / "PLATFORM").read_text().strip() == platform_id()
+
+
+def tolerance() -> float:
+    """The relative tolerance of :func:`differences` here: 1e-9 on the golden platform, else 1e-3."""
+    return 1e-9 if same_platform() else 1e-3
+
+
 def differences(golden: Path, run_dir: Path) -> list[str]:
     """Where ``run_dir``'s CSVs depart from the golden ones (empty: the same results)."""
-    same_platform = (GOLDEN / "PLATFORM").read_text().strip() == platform_id()
+    same = same_platform()
     out = []
     for name in ("metrics.csv", "per_task.csv"):
         want, got = _read(golden / name), _read(run_dir / name)
@@ -49,11 +60,11 @@ def differences(golden: Path, run_dir: Path) -> list[str]:
             continue
         for i, (w, g) in enumerate(zip(want, got)):
             for col, value in w.items():
-                if col.endswith("_seconds") or (not same_platform and col not in TRAINING_COLUMNS):
+                if col.endswith("_seconds") or (not same and col not in TRAINING_COLUMNS):
                     continue
                 if col not in g:
                     out.append(f"{name} row {i + 1}: column {col} is gone")
-                elif g[col] != value and not _close(g[col], value, 1e-9 if same_platform else 1e-3):
+                elif g[col] != value and not _close(g[col], value, tolerance()):
                     out.append(f"{name} row {i + 1}, {col}: {g[col]} (golden {value})")
     return out
 
