@@ -119,13 +119,6 @@ def paired(df: pd.DataFrame, a: str, b: str, columns: Sequence[Column] = COLUMNS
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _best(summary: pd.DataFrame, col: Column) -> set[str]:
-    """Variants whose mean is best at the displayed precision (ties are all marked)."""
-    means = summary[f"{col.key}_mean"].dropna().round(col.decimals)
-    if means.empty or col.lower is None:
-        return set()
-    target = means.min() if col.lower else means.max()
-    return set(summary.loc[means.index[means == target], "variant"])
 
 
 def _cell(mean: float, se: float, decimals: int) -> str:
@@ -166,8 +159,8 @@ def render(summary: pd.DataFrame, fmt: str, columns: Sequence[Column] = COLUMNS,
     """The table as markdown, LaTeX (booktabs-free tabular, no LaTeX install needed) or CSV; with
     ``rank`` each cell ends in its rank within the column, ``(1)`` for the best (:func:`ranks`)."""
     _check_format(fmt)
-    best = {c.key: _best(summary, c) for c in columns}
     rank_of = {c.key: ranks(summary, c) for c in columns}
+    best = {key: set(summary.loc[r == 1, "variant"]) for key, r in rank_of.items()}  # ties all marked
     mark = {"markdown": "**{}**", "latex": "\\textbf{{{}}}", "csv": "{}*"}[fmt]
     body = []
     for i, r in summary.iterrows():

@@ -51,7 +51,7 @@ def tolerance() -> float:
 
 def differences(golden: Path, run_dir: Path) -> list[str]:
     """Where ``run_dir``'s CSVs depart from the golden ones (empty: the same results)."""
-    same = same_platform()
+    same, tol = same_platform(), tolerance()
     out = []
     for name in ("metrics.csv", "per_task.csv"):
         want, got = _read(golden / name), _read(run_dir / name)
@@ -64,7 +64,7 @@ def differences(golden: Path, run_dir: Path) -> list[str]:
                     continue
                 if col not in g:
                     out.append(f"{name} row {i + 1}: column {col} is gone")
-                elif g[col] != value and not _close(g[col], value, tolerance()):
+                elif g[col] != value and not _close(g[col], value, tol):
                     out.append(f"{name} row {i + 1}, {col}: {g[col]} (golden {value})")
     return out
 

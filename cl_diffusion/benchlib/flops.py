@@ -5,13 +5,12 @@ thread count and moment (the GEMM runs interleaved with the training steps it is
 """
 from __future__ import annotations
 
-import platform
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..execution import BF16_CPU_FLAGS, cpu_flags, native_bf16
+from ..io import cpu_model
 
 
 def gemm_case(n: int, calls: int, device: torch.device,
@@ -29,16 +28,6 @@ def gemm_case(n: int, calls: int, device: torch.device,
     return run
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_info(device: torch.device) -> dict[str, object]:
     """Name, vector capability and native bf16 support of ``device`` (JSON-ready).
 
@@ -54,6 +43,6 @@ def device_info(device: torch.device) -> dict[str, object]:
                 "cudnn_benchmark": torch.backends.cudnn.benchmark}
     flags = cpu_flags()
     found = sorted(f for f in BF16_CPU_FLAGS if f in flags)
-    return {"name": _cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
+    return {"name": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(device), "bf16_flags": found,
             "avx512": sorted(f for f in flags if f.startswith("avx512"))}
