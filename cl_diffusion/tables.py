@@ -63,8 +63,12 @@ LAST_TASK = (("fid", "FID", True, 2), ("fid_clf", "FID_clf", True, 2), ("kld", "
              ("kid", "KID", True, 4), ("kid_clf", "KID_clf", True, 4), ("precision", "Prec", False, 3),
              ("recall", "Rec", False, 3), ("precision_clf", "Prec_clf", False, 3),
              ("recall_clf", "Rec_clf", False, 3),
-             # the last task's cost (evaluation.md#cost-columns): CPU seconds of its training, teacher image evaluations
-             ("train_cpu_seconds", "train CPU s", None, 0), ("teacher_image_evals", "teacher evals", None, 0))
+             # the last task's cost (evaluation.md#cost-columns): CPU seconds of its training, teacher image
+             # evaluations, batched passes beyond the student's per iteration, what the strategy stores
+             ("train_cpu_seconds", "train CPU s", None, 0), ("teacher_image_evals", "teacher evals", None, 0),
+             ("extra_forwards_per_iter", "extra fwd/it", None, 2),
+             ("extra_backwards_per_iter", "extra bwd/it", None, 2),
+             ("params_stored", "params stored", None, 0), ("buffer_images", "buffer images", None, 0))
 #: (per_task.csv column, header, lower is better, decimals) of the metrics with AIQ/AFQ/FR columns;
 #: FR keeps the metric's direction (lower FR is better exactly when the metric is lower-is-better)
 AGGREGATED = (("fid_clf", "FID_clf", True, 2), ("kid_clf", "KID_clf", True, 4), ("acc", "ACC", False, 3))
