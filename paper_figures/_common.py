@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,13 +23,32 @@ COLORS = {"finetune": "#7f7f7f", "joint": "#000000", "gr": "#d62728", "gd": "#1f
 PAPER = ("finetune", "joint", "gr", "gd", "lwf", "gaussian", "pgd")  # Masip et al.'s strategies: solid lines
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, variants: bool = False) -> argparse.ArgumentParser:
+    """The figure scripts' options; with ``variants``, also ``--variants`` (one line per strategy
+    figures: which variants they draw)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--benchmark", default="fmnist-5")
     p.add_argument("--profile", default="quick")
     p.add_argument("--results", default=str(REPO / "results"))
     p.add_argument("--out", default=str(REPO / "paper_figures" / "figures"))
+    if variants:
+        p.add_argument("--variants", default="defaults",
+                       help="the variants drawn, as the tables' --variants: names or shell patterns, "
+                            "'defaults' = every strategy at its defaults (default: %(default)s)")
     return p
+
+
+def pick(df: pd.DataFrame, spec: str) -> pd.DataFrame:
+    """The rows of the variants ``spec`` names (:func:`cl_diffusion.tables.select_variants`); a name
+    that matches no variant exits with status 2 and one line naming the valid ones."""
+    from cl_diffusion.errors import UserError
+    from cl_diffusion.tables import select_variants
+
+    try:
+        return select_variants(df, spec)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_runs(results: str, benchmark: str, profile: str) -> pd.DataFrame:

@@ -5,14 +5,15 @@ column show wall-clock ``train_seconds``, hatched. Reads results/, never trains.
 
     python paper_figures/costs.py --benchmark fmnist-5 --profile quick
 """
-from _common import color, load_runs, parser, plt, save, sort_variants
+from _common import color, load_runs, parser, pick, plt, save, sort_variants
 
 
 def main() -> "plt.Figure":
     """Write the PNG; returns the figure (closed) for tests to inspect."""
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    args = parser(__doc__.split("\n")[0], variants=True).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
-    df = df[(~df["variant"].str.contains("__")) & (df["task"] > 1)]
+    df = pick(df, args.variants)
+    df = df[df["task"] > 1]
     variants = sort_variants(df["variant"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     cpu = df["train_cpu_seconds"] if "train_cpu_seconds" in df else df["train_seconds"] * float("nan")

@@ -3,7 +3,7 @@ bands over seeds, one line per strategy. Reads results/, never trains.
 
     python paper_figures/curves.py --benchmark fmnist-5 --profile quick
 """
-from _common import color, line_style, load_runs, mean_se, parser, plt, save, sort_variants
+from _common import color, line_style, load_runs, mean_se, parser, pick, plt, save, sort_variants
 
 PANELS = [("fid_clf", "FID_clf (own classifier features)"), ("fid", "FID (Inception)"), ("kld", "KLD"),
           ("acc", "solver ACC (seen tasks)")]
@@ -11,9 +11,9 @@ PANELS = [("fid_clf", "FID_clf (own classifier features)"), ("fid", "FID (Incept
 
 def main() -> "plt.Figure":
     """Write the PNG; returns the figure (closed) for tests to inspect."""
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    args = parser(__doc__.split("\n")[0], variants=True).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
-    df = df[~df["variant"].str.contains("__")]  # base variants only
+    df = pick(df, args.variants)  # the strategies at their defaults unless --variants says otherwise
     panels = [(c, t) for c, t in PANELS if c in df and df[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (col, title) in zip(axes, panels):

@@ -7,16 +7,16 @@ Reads the PNG grids that runs wrote into results/, never trains.
 from pathlib import Path
 
 import matplotlib.image as mpimg
-from _common import load_runs, parser, plt, save, sort_variants
+from _common import load_runs, parser, pick, plt, save, sort_variants
 
 PER_ROW = 8
 
 
 def main() -> "plt.Figure":
     """Write the PNG; returns the figure (closed) for tests to inspect."""
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    args = parser(__doc__.split("\n")[0], variants=True).parse_args()
     df = load_runs(args.results, args.benchmark, args.profile)
-    df = df[~df["variant"].str.contains("__")]
+    df = pick(df, args.variants)
     variants = sort_variants(df["variant"])
     cols = min(len(variants), PER_ROW)
     rows = -(-len(variants) // cols)

@@ -148,10 +148,10 @@ def test_png_checks_reject_blank_and_empty_figures(tmp_path):
             _assert_drawn(tmp_path / "axes.png", drawn=(variant,))
 
 
-def _figure(script: str, results: Path, out: Path, monkeypatch):
+def _figure(script: str, results: Path, out: Path, monkeypatch, *extra: str):
     """Run ``paper_figures/<script>.py``'s ``main`` in this process; returns its figure."""
     monkeypatch.setattr(sys, "argv", [f"{script}.py", "--benchmark", "fmnist-5", "--profile", "quick",
-                                      "--results", str(results), "--out", str(out)])
+                                      "--results", str(results), "--out", str(out), *extra])
     fig = _script(script).main()
     assert_png_not_blank(out / f"fmnist-5_quick_{script}.png")
     return fig
@@ -197,6 +197,24 @@ def test_curves_one_line_per_base_variant_per_metric(results, tmp_path, monkeypa
             assert np.allclose(line.get_ydata(), _column(results, variant, col)), (col, variant)
     assert _legend(fig.axes[0]) == list(BASE)
     _assert_drawn(tmp_path / "fmnist-5_quick_curves.png", drawn=("gr", "gd"))
+
+
+@pytest.mark.parametrize("script", ["curves", "samples", "costs"])
+def test_variants_chooses_what_a_per_strategy_figure_draws(script, results, tmp_path, monkeypatch, capsys):
+    """--variants as in the tables (a name and a pattern); a name that matches nothing exits 2 with
+    one line naming the valid variants, and writes no PNG."""
+    fig = _figure(script, results, tmp_path, monkeypatch, "--variants", "finetune,gd__*")
+    ax = fig.axes[0]
+    drawn = ([t.get_text() for t in ax.get_xticklabels()] if script == "costs" else
+             [a.get_title() for a in fig.axes] if script == "samples" else [line.get_label() for line in ax.lines])
+    assert drawn == ["finetune", "gd__lambda=2", "gd__teacher_steps=10"]
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--results", str(results), "--out", str(tmp_path / "bad"),
+                                      "--variants", "gd,nosuch"])
+    with pytest.raises(SystemExit) as e:
+        _script(script).main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "'nosuch'" in err[0] and "gd__lambda=2" in err[0]
+    assert not (tmp_path / "bad").exists()
 
 
 def test_samples_shows_each_base_variants_last_grid(results, tmp_path, monkeypatch):
