@@ -95,8 +95,8 @@ def _check_stopped(code: int, stderr: str, run_dir: Path, sig: int) -> re.Match:
     return match
 
 
-@pytest.mark.parametrize("trial,sig,twice", [(0, signal.SIGTERM, False), (1, signal.SIGTERM, True),
-                                             (2, signal.SIGUSR1, False)])
+# SIGTERM once is the first half of SIGTERM twice, so it is not a case of its own (suite time)
+@pytest.mark.parametrize("trial,sig,twice", [(1, signal.SIGTERM, True), (2, signal.SIGUSR1, False)])
 def test_signal_in_training_then_resume_matches_uninterrupted(trial, sig, twice, reference, tmp_path):
     """Stopped after the current iteration with a fresh checkpoint at the iteration it names; a
     second signal while it stops changes nothing."""

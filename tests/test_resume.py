@@ -54,7 +54,7 @@ def _start_and_kill(out: Path, n_ckpt: int, delay: float) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize("trial", range(2))  # random checkpoint counts and kill delays
 def test_kill9_then_resume_matches_uninterrupted(trial, reference, tmp_path):
     rng = random.Random(1000 + trial)
     run_dir = _start_and_kill(tmp_path, n_ckpt=rng.randint(1, 12), delay=rng.uniform(0.0, 0.4))
