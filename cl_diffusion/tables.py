@@ -123,8 +123,6 @@ def paired(df: pd.DataFrame, a: str, b: str, columns: Sequence[Column] = COLUMNS
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-
-
 def _cell(mean: float, se: float, decimals: int) -> str:
     if math.isnan(mean):
         return "–"
