@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import platform
 import shutil
 import sys
@@ -78,8 +79,9 @@ def _close(a: str, b: str, rel: float) -> bool:
 
 
 def regenerate(strategies: list[str]) -> None:
-    """Write tests/golden/ from smoke runs of the current code, at one torch thread (as the contract
-    test runs them: float reductions may split differently over more threads)."""
+    """Write tests/golden/ from smoke runs of the current code, at one torch thread and with an
+    evaluation classifier trained afresh at one thread (as the contract test runs them: float
+    reductions may split differently over more threads)."""
     import tempfile
 
     import torch
@@ -89,6 +91,7 @@ def regenerate(strategies: list[str]) -> None:
     load_plugins()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["CL_DIFFUSION_CACHE"] = str(Path(tmp) / "cache")  # a classifier trained here, at one thread
         for name in strategies:
             run_dir = run_experiment(name, BENCHMARK, "smoke", out=tmp, log=lambda *_: None)
             (GOLDEN / name).mkdir(parents=True, exist_ok=True)
