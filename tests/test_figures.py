@@ -231,14 +231,17 @@ def test_costs_bars_are_medians_over_tasks_after_the_first(results, tmp_path, mo
     import shutil
 
     results = Path(shutil.copytree(results, tmp_path / "own_results"))  # the fixture is shared: edit a copy
-    gd = _run_dir(results, "gd") / "metrics.csv"  # give gd a CPU-time column: the others have none
-    with open(gd, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cpu = [float(r["train_seconds"]) / 3 for r in rows]
-    with open(gd, "w", newline="") as fh:
-        w = csv.DictWriter(fh, [*rows[0], "train_cpu_seconds"])
-        w.writeheader()
-        w.writerows({**r, "train_cpu_seconds": c} for r, c in zip(rows, cpu))
+    cpu = [float(s) / 3 for s in _column(results, "gd", "train_seconds")]
+    for v in BASE:  # gd gets a CPU-time column of its own; the others lose theirs, as older runs lack it
+        path = _run_dir(results, v) / "metrics.csv"
+        with open(path, newline="") as fh:
+            rows = [{k: x for k, x in r.items() if k != "train_cpu_seconds"} for r in csv.DictReader(fh)]
+        if v == "gd":
+            rows = [{**r, "train_cpu_seconds": c} for r, c in zip(rows, cpu)]
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
     fig = _figure("costs", results, tmp_path, monkeypatch)
     panels = (("seconds", "training CPU seconds"), ("teacher_image_evals", "teacher network evaluations"))
     assert len(fig.axes) == len(panels)
