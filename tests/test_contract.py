@@ -49,7 +49,7 @@ def check_run(run_dir: Path, n_tasks: int) -> list[dict[str, str]]:
 def golden_cache(tmp_path_factory) -> Path:
     """A cache of this module's own: the golden results were written with an evaluation classifier
     trained at one thread, and one that another test or run trained at more threads and left in the
-    user's cache differs in the last bits, which moves FID_clf by a few tenths."""
+    user's cache differs in the last bits, which moves FID_clf by about 0.6% here."""
     return tmp_path_factory.mktemp("golden-cache")
 
 
